@@ -1,0 +1,3 @@
+from vqgen.cli import main
+
+raise SystemExit(main())

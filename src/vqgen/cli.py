@@ -1,0 +1,65 @@
+"""The ``vqgen`` command line: thin wrappers over library functions.
+
+Each area registers its subcommands from its own ``cli`` module (``register(subparsers)``);
+handlers import their heavy dependencies lazily so ``vqgen --help`` stays fast.
+A ``VqgenError`` is printed as one line (``vqgen: error: ...``) with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vqgen import __version__
+from vqgen.errors import VqgenError
+
+# Modules that define ``register(subparsers)``; one line per area.
+COMMAND_MODULES = [
+    "vqgen.data.cli",
+    "vqgen.eval.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vqgen",
+        description="Train and serve token-based image generators: an image tokenizer (ViT-VQGAN) "
+                    "turns images into codes, a transformer learns to write them.",
+    )
+    parser.add_argument("--version", action="version", version=f"vqgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        # a command group without a subcommand: print that group's help
+        (getattr(args, "group_parser", None) or parser).print_help()
+        return 0 if args.command is None else 2
+    try:
+        result = args.func(args)
+    except VqgenError as e:
+        print(f"vqgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqgen: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+def add_group(sub, name: str, help: str, description: str | None = None):
+    """Add a command group (e.g. ``vqgen data``) and return its sub-parsers."""
+    group = sub.add_parser(name, help=help, description=description or help)
+    group.set_defaults(group_parser=group, func=None)
+    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--set field.sub=value`` config override option."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field by name, e.g. --set quantizer.codebook_size=1024 "
+                             "(repeatable; unknown fields and wrong types are errors)")

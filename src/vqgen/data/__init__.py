@@ -1,0 +1,4 @@
+"""Data sources, records and pre-tokenized code shards."""
+from vqgen.data.records import Record
+
+__all__ = ["Record"]

@@ -1,0 +1,9 @@
+"""Errors that the command line reports as one line (no traceback)."""
+
+
+class VqgenError(Exception):
+    """A user-facing error: bad input, a missing file, an impossible request."""
+
+
+class ConfigError(VqgenError, ValueError):
+    """A bad config: unknown field, wrong type or invalid value (the message names the field)."""
