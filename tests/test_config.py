@@ -1,0 +1,77 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from vqgen.config import (apply_overrides, from_dict, get_preset, load_config, register_preset, require,
+                          save_config, to_dict)
+from vqgen.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int = 4
+    rate: float = 0.5
+    kind: Literal["a", "b"] = "a"
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    flag: bool = False
+    dims: tuple[int, ...] = (1, 2)
+    path: str | None = None
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self):
+        require(self.inner.size > 0, "inner.size", "must be positive")
+
+
+@register_preset("test-outer", "small")
+def _small():
+    return Outer(name="small", inner=Inner(size=2))
+
+
+def test_preset_and_overrides():
+    cfg = get_preset("test-outer", "small")
+    cfg = apply_overrides(cfg, ["inner.size=8", "flag=true", "dims=3,4,5", "path=/tmp/x", "inner.kind=b",
+                                "inner.rate=1"])
+    assert cfg.inner.size == 8 and cfg.flag is True and cfg.dims == (3, 4, 5)
+    assert cfg.path == "/tmp/x" and cfg.inner.kind == "b" and cfg.inner.rate == 1.0
+    assert apply_overrides(cfg, ["path=none"]).path is None
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("inner.sise=3", "inner.sise"),
+    ("nope=1", "nope"),
+    ("inner.size=abc", "inner.size"),
+    ("flag=maybe", "flag"),
+    ("inner.kind=c", "inner.kind"),
+    ("inner.size=0", "inner.size"),
+    ("name.sub=1", "name"),
+    ("noequals", "field.sub=value"),
+])
+def test_bad_override_names_the_field(override, needle):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(Outer(), [override])
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown test-outer preset 'huge'"):
+        get_preset("test-outer", "huge")
+
+
+def test_json_round_trip_and_strictness(tmp_path):
+    cfg = Outer(name="n", dims=(7,), inner=Inner(rate=0.25))
+    save_config(cfg, tmp_path / "config.json", model_type="outer")
+    assert load_config(Outer, tmp_path / "config.json") == cfg
+    with pytest.raises(ConfigError, match="'inner.extra'"):
+        from_dict(Outer, {**to_dict(cfg), "inner": {"extra": 1}})
+    with pytest.raises(ConfigError, match="'flag' must be bool"):
+        from_dict(Outer, {"flag": 1})
+    with pytest.raises(ConfigError, match="'inner.size' must be int"):
+        from_dict(Outer, {"inner": {"size": 2.5}})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(Outer, tmp_path / "bad.json")
