@@ -146,7 +146,16 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu"):
 
 
 # Modules whose import registers model types (kept here so load_pretrained can find any model).
-MODEL_MODULES: list[str] = []
+MODEL_MODULES: list[str] = [
+    "vqgen.tokenizer.vit_vqgan",
+    "vqgen.tokenizer.cnn_vqgan",
+    "vqgen.tokenizer.discriminator",
+    "vqgen.transformer.vim",
+    "vqgen.transformer.parti",
+    "vqgen.transformer.unified",
+    "vqgen.rerank.clip",
+    "vqgen.superres.model",
+]
 
 
 def _import_model_modules() -> None:

@@ -1,0 +1,285 @@
+"""Training a tokenizer (ViT-VQGAN or CNN-VQGAN): one function, the same on CPU, GPU or under torchrun.
+
+``train_tokenizer(cfg, data_dir, run_dir)`` writes ``RUN/config.json``, ``metrics.jsonl``,
+TensorBoard scalars and images, reconstruction grids under ``samples/``, checkpoints that resume
+exactly (weights, optimizers, schedulers, step, RNG, batch position, codebook monitor) and the
+final model at ``RUN/model/``. Called again on the same RUN it continues from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_model
+
+from vqgen.config import load_config, save_config
+from vqgen.errors import ConfigError, VqgenError
+from vqgen.io import CONFIG_NAME, WEIGHTS_NAME
+from vqgen.runtime import (EpochBatches, RunLogger, autocast, cleanup_distributed, init_distributed,
+                           latest_checkpoint, load_resume, progress, rng_state, save_checkpoint,
+                           seed_everything, set_rng_state, unwrap)
+from vqgen.tokenizer.base import VQTokenizer
+from vqgen.tokenizer.cnn_vqgan import CNNVQGAN
+from vqgen.tokenizer.config import TokenizerTrainConfig
+from vqgen.tokenizer.data import ImageSet, holdout_split, load_image_set
+from vqgen.tokenizer.discriminator import StyleGANDiscriminator
+from vqgen.tokenizer.evaluate import evaluate_tokenizer, reconstruction_grid
+from vqgen.tokenizer.losses import ReconstructionLoss, gan_discriminator_loss
+from vqgen.tokenizer.quantizer import CodebookMonitor, code_histogram
+from vqgen.tokenizer.vit_vqgan import ViTVQGAN
+
+TextEncoder = Callable[[list[str]], torch.Tensor]  # captions → embeddings (N, D) or (N, T, D)
+
+
+def build_tokenizer(cfg: TokenizerTrainConfig) -> VQTokenizer:
+    """A fresh tokenizer of the architecture ``cfg.arch``."""
+    return ViTVQGAN(cfg.vit) if cfg.arch == "vit_vqgan" else CNNVQGAN(cfg.cnn)
+
+
+def _lr_lambda(cfg: TokenizerTrainConfig) -> Callable[[int], float]:
+    warmup, total, floor = cfg.optim.warmup_steps, max(cfg.steps, 1), cfg.optim.min_lr_ratio
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return fn
+
+
+def _conditions(cfg: TokenizerTrainConfig, data: ImageSet, text_encoder: TextEncoder | None) -> torch.Tensor | None:
+    """Per-image decoder conditions (N,) labels or (N, ..., D) text embeddings, or None."""
+    cond = cfg.model.cond
+    if cond.kind == "class":
+        labels = data.label_tensor()
+        if labels.max().item() >= cond.num_classes:
+            raise ConfigError(f"config field '{cfg.arch[:3]}.cond.num_classes' is {cond.num_classes} but the "
+                              f"data has label {labels.max().item()}")
+        return labels
+    if cond.kind == "text":
+        if text_encoder is None:
+            raise ConfigError("cond.kind=text needs a text encoder to embed the captions")
+        if any(t is None for t in data.texts):
+            raise VqgenError("text conditioning needs a caption on every record (metadata.jsonl 'text')")
+        emb = text_encoder(list(data.texts)).float()  # (N, D) or (N, T, D)
+        if emb.shape[-1] != cond.text_dim:
+            raise ConfigError(f"cond.text_dim is {cond.text_dim} but the text encoder gives {emb.shape[-1]}")
+        return emb
+    return None
+
+
+def _resolve_config(cfg: TokenizerTrainConfig, run_dir: Path) -> TokenizerTrainConfig:
+    """A run that exists keeps its saved config (only ``steps`` and the time limits follow ``cfg``)."""
+    saved = run_dir / CONFIG_NAME
+    if not saved.is_file():
+        return cfg
+    old = load_config(TokenizerTrainConfig, saved)
+    return replace(old, steps=cfg.steps, time_limit_min=cfg.time_limit_min, cpu_limit_min=cfg.cpu_limit_min)
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, data_dir: str | Path, run_dir: str | Path,
+                    text_encoder: TextEncoder | None = None, data: ImageSet | None = None,
+                    show_progress: bool = True) -> VQTokenizer:
+    """Train (or resume) a tokenizer on an image folder; returns the trained model (unwrapped).
+
+    ``data`` may be given instead of reading ``data_dir`` (an ImageSet already in memory).
+    """
+    run_dir = Path(run_dir)
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> VQTokenizer:
+    cfg = _resolve_config(cfg, run_dir)
+    device = info.device
+    if data is None:
+        data = load_image_set(data_dir, cfg.image_size)
+    elif tuple(data.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
+        raise VqgenError(f"images are {tuple(data.images.shape[-2:])}, the model wants {cfg.image_size}")
+    train_idx, eval_idx = holdout_split(len(data), cfg.holdout_every)
+    conds = _conditions(cfg, data, text_encoder)
+
+    seed_everything(cfg.seed)
+    model = build_tokenizer(cfg).to(device)
+    loss_fn = ReconstructionLoss(cfg.loss).to(device)
+    disc = StyleGANDiscriminator(cfg.disc).to(device) if cfg.loss.gan > 0 else None
+    if disc is not None and cfg.disc.image_size != cfg.image_size:
+        raise ConfigError(f"config field 'disc.image_size' is {cfg.disc.image_size}, images are {cfg.image_size}")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                            weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr, betas=(0.0, 0.99)) if disc else None
+    batches = EpochBatches(len(train_idx), cfg.optim.batch_size, seed=cfg.seed, rank=info.rank,
+                           world_size=info.world_size)
+    monitor = CodebookMonitor(model.config.quantizer.codebook_size, cfg.codebook.dead_after)
+    step, elapsed, cpu_elapsed = 0, 0.0, 0.0
+
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        _load_weights(model, ckpt / "tokenizer")
+        if disc is not None:
+            _load_weights(disc, ckpt / "discriminator")
+        state = load_resume(ckpt)
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        if disc is not None:
+            opt_d.load_state_dict(state["opt_d"])
+        batches.load_state_dict(state["batches"])
+        monitor.load_state_dict(state["monitor"])
+        set_rng_state(state["rng"])
+        step, elapsed, cpu_elapsed = int(state["step"]), float(state["elapsed"]), float(state["cpu_elapsed"])
+    elif info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / CONFIG_NAME)
+
+    ddp_model = model
+    ddp_disc = disc
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        ddp_model = DDP(model, device_ids=ids)
+        ddp_disc = DDP(disc, device_ids=ids) if disc is not None else None
+
+    logger = RunLogger(run_dir, enabled=info.is_main)
+    sample_idx = (eval_idx if len(eval_idx) else train_idx)[:8]
+    bar = progress(total=cfg.steps, desc=f"train {cfg.arch}", enabled=info.is_main and show_progress, initial=step)
+    it = iter(batches)
+    sums: dict[str, float] = {}
+    n_sum, images_seen, t_log = 0, 0, time.perf_counter()
+    t_start = time.perf_counter() - elapsed
+    cpu_start = time.process_time() - cpu_elapsed
+    k = model.config.quantizer.codebook_size
+    stop = False
+
+    while step < cfg.steps and not stop:
+        model.train()
+        ids = train_idx[next(it)]  # (B,)
+        x = data.float_images(ids).to(device)  # (B, 3, H, W)
+        cond = conds[ids].to(device) if conds is not None else None
+        gan_on = disc is not None and step >= cfg.loss.gan_start
+
+        if disc is not None:
+            disc.requires_grad_(False)
+        with autocast(device, cfg.precision):
+            out = ddp_model(x, cond)
+            total, terms = loss_fn(x, out, step, disc if gan_on else None)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+
+        if gan_on:
+            disc.requires_grad_(True)
+            with autocast(device, cfg.precision):
+                logits = ddp_disc(torch.cat([x, out.reconstruction.detach()]))  # (2B,)
+                d_loss = gan_discriminator_loss(logits[:x.shape[0]], logits[x.shape[0]:])
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            terms["gan_d"] = d_loss
+
+        counts = code_histogram(out.codes, k)  # (K,)
+        if info.distributed:
+            counts = counts.to(device)
+            dist.all_reduce(counts)
+            counts = counts.cpu()
+        monitor.update(step, counts)
+        restarted = _maybe_restart(cfg, model, monitor, out, step, info)
+
+        step += 1
+        images_seen += x.shape[0] * info.world_size
+        n_sum += 1
+        for name, v in [("loss", total), *terms.items()]:
+            sums[name] = sums.get(name, 0.0) + float(v.detach())
+        if restarted:
+            sums["restarted_codes"] = sums.get("restarted_codes", 0.0) + restarted
+        bar.update(1)
+        elapsed, cpu_elapsed = time.perf_counter() - t_start, time.process_time() - cpu_start
+        stop = (cfg.time_limit_min > 0 and elapsed >= cfg.time_limit_min * 60) or \
+            (cfg.cpu_limit_min > 0 and cpu_elapsed >= cfg.cpu_limit_min * 60)
+
+        if step % cfg.log_every == 0 or step == cfg.steps or stop:
+            now = time.perf_counter()
+            row = {f"train/{name}": v / n_sum for name, v in sums.items()}
+            row.update(monitor.report(step))
+            row.update({"lr": sched.get_last_lr()[0], "images_per_s": images_seen / max(now - t_log, 1e-9),
+                        "elapsed_s": elapsed, "cpu_s": cpu_elapsed})
+            logger.log(step, row)
+            bar.set_postfix(loss=f"{row['train/loss']:.4f}", usage=f"{row['train/codebook_usage']:.3f}")
+            sums, n_sum, images_seen, t_log = {}, 0, 0, now
+        if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or stop):
+            _log_samples(logger, model, data, sample_idx, conds, device, step)
+        if info.is_main and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            _log_eval(logger, model, data, eval_idx[:cfg.eval_batches * cfg.optim.batch_size], conds, device,
+                      step, cfg.optim.batch_size)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or stop:
+            if info.is_main:
+                resume = {"step": step, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed, "opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "batches": batches.state_dict(), "monitor": monitor.state_dict(), "rng": rng_state()}
+                components = {"tokenizer": model}
+                if disc is not None:
+                    resume["opt_d"] = opt_d.state_dict()
+                    components["discriminator"] = disc
+                save_checkpoint(run_dir, step, components, resume)
+            if info.distributed:
+                dist.barrier()
+    bar.close()
+
+    if info.is_main:
+        model.save_pretrained(run_dir / "model")
+        _log_eval(logger, model, data, eval_idx, conds, device, step, cfg.optim.batch_size)
+    logger.close()
+    return unwrap(model)
+
+
+def _load_weights(model: torch.nn.Module, directory: Path) -> None:
+    try:
+        load_model(model, str(directory / WEIGHTS_NAME), strict=True, device=str(next(model.parameters()).device))
+    except (RuntimeError, OSError) as e:
+        raise VqgenError(f"cannot resume from {directory}: {str(e).splitlines()[0]}") from None
+
+
+def _maybe_restart(cfg, model: VQTokenizer, monitor: CodebookMonitor, out, step: int, info) -> int:
+    """Dead-code restart (when enabled): re-seed dead codes from this step's encoder outputs (rank 0's)."""
+    if not cfg.codebook.restart_dead or (step + 1) % cfg.codebook.restart_every != 0:
+        return 0
+    dead = monitor.dead(step)
+    n = 0
+    if info.is_main:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        n = model.quantizer.restart_codes(dead, out.lookup.detach().reshape(-1, model.quantizer.dim).float(), g)
+    if info.distributed:
+        dist.broadcast(model.quantizer.codebook.data, src=0)
+    monitor.last_used[dead] = step
+    return n
+
+
+def _log_samples(logger: RunLogger, model: VQTokenizer, data: ImageSet, idx: torch.Tensor,
+                 conds: torch.Tensor | None, device, step: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        x = data.float_images(idx).to(device)  # (b, 3, H, W)
+        c = conds[idx].to(device) if conds is not None else None
+        y = model.decode(model.encode(x), c)  # (b, 3, H, W)
+    logger.image("reconstruction", step, reconstruction_grid(x, y))
+
+
+def _log_eval(logger: RunLogger, model: VQTokenizer, data: ImageSet, idx: torch.Tensor,
+              conds: torch.Tensor | None, device, step: int, batch_size: int) -> None:
+    if len(idx) == 0:
+        return
+    stats = evaluate_tokenizer(model, data.images[idx], conds[idx] if conds is not None else None,
+                               batch_size=batch_size, device=device)
+    logger.log(step, {f"eval/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
