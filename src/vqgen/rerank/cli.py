@@ -1,0 +1,99 @@
+"""``vqgen rerank ...``: train a text–image reranker and measure how well it picks."""
+from __future__ import annotations
+
+import json
+
+from vqgen.cli import add_group, add_set_argument
+
+
+def register(sub) -> None:
+    group = add_group(sub, "rerank", help="train and evaluate the contrastive text-image reranker",
+                      description="A small CLIP-style dual encoder that keeps the best k of n samples per prompt.")
+
+    p = group.add_parser("train", help="train a reranker on an image folder with captions (resumes an existing RUN)",
+                         description="Train a BPE tokenizer on the captions, then the dual encoder (symmetric "
+                                     "InfoNCE, learned temperature, optional one-edit hard negatives). Prints the "
+                                     "held-out caption->image R@1 at the end; the model goes to RUN/model/.")
+    p.add_argument("--data", required=True, metavar="DIR", help="image folder (metadata.jsonl with captions)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--preset", default="small", metavar="NAME", help="config preset: tiny, small (default small)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="total training steps (default: the preset's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_set_argument(p)
+    p.set_defaults(func=_train)
+
+    p = group.add_parser("eval", help="held-out retrieval and evaluator-judged picks on shapes prompts",
+                         description="With --data: caption->image R@1 among --group images and hard-negative "
+                                     "accuracy on the folder's held-out split. Always: for --prompts suite "
+                                     "prompts, pick one of --candidates renders and ask the exact shapes evaluator "
+                                     "whether the pick satisfies the prompt. The JSON summary is the last line.")
+    p.add_argument("run", metavar="RUN", help="a reranker run or model directory")
+    p.add_argument("--data", default=None, metavar="DIR", help="image folder for retrieval (its held-out split)")
+    p.add_argument("--group", type=int, default=32, metavar="N", help="retrieval among N images (default 32)")
+    p.add_argument("--prompts", type=int, default=100, metavar="N", help="suite prompts to test (default 100)")
+    p.add_argument("--candidates", type=int, default=8, metavar="N", help="renders per prompt (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompts, distractors and layouts (default 0)")
+    p.set_defaults(func=_eval)
+
+
+def _train(args) -> int:
+    from dataclasses import replace
+
+    from vqgen.config import apply_overrides, get_preset
+    from vqgen.errors import ConfigError
+    from vqgen.rerank.train import FAMILY, train_reranker
+
+    cfg = apply_overrides(get_preset(FAMILY, args.preset), args.overrides)
+    if args.steps is not None:
+        if args.steps < 0:
+            raise ConfigError("--steps must be >= 0")
+        cfg = replace(cfg, steps=args.steps)
+    _, metrics = train_reranker(cfg, args.data, args.out, show_progress=not args.no_progress)
+    print(f"held-out caption->image R@1 among {cfg.retrieval_group}: {metrics['heldout_r1']:.3f} "
+          f"(chance {metrics['heldout_r1_chance']:.3f})")
+    if "heldout_hard_neg_acc" in metrics:
+        print(f"held-out hard-negative accuracy: {metrics['heldout_hard_neg_acc']:.3f} (chance 0.5)")
+    print(json.dumps(metrics))
+    return 0
+
+
+def _holdout_every(run: str) -> int:
+    """The run's held-out split (its saved training config), else every 10th pair."""
+    from pathlib import Path
+
+    from vqgen.config import load_config
+    from vqgen.errors import ConfigError
+    from vqgen.rerank.train import RerankTrainConfig
+
+    try:
+        return load_config(RerankTrainConfig, Path(run) / "config.json").holdout_every
+    except ConfigError:
+        return 10
+
+
+def _eval(args) -> int:
+    from vqgen.errors import VqgenError
+    from vqgen.rerank.evaluate import hard_negative_accuracy, retrieval_at_1, shapes_pick
+    from vqgen.rerank.train import load_pairs, load_reranker
+
+    if args.group < 2 or args.prompts < 1 or args.candidates < 2:
+        raise VqgenError("--group and --candidates must be >= 2, --prompts >= 1")
+    model = load_reranker(args.run)
+    summary: dict = {}
+    if args.data:
+        data = load_pairs(args.data, model.config.image_size, _holdout_every(args.run), show_progress=False)
+        imgs = data.images[data.heldout_idx]
+        texts = [data.texts[i] for i in data.heldout_idx.tolist()]
+        summary["heldout_r1"] = retrieval_at_1(model, imgs, texts, args.group)
+        summary["group"] = args.group
+        try:
+            summary["heldout_hard_neg_acc"] = hard_negative_accuracy(model, imgs, texts, seed=args.seed)
+        except VqgenError:
+            pass
+    for kind in ("hard", "random"):
+        r = shapes_pick(model, args.prompts, args.candidates, kind, size=model.config.image_size, seed=args.seed)
+        summary[f"pick_{kind}"] = r.to_dict()
+        print(f"{kind} distractors: pick satisfies the prompt {r.pick_passed:.3f} (chance {r.chance:.3f}), "
+              f"true render picked {r.true_picked:.3f}, AUC {r.auc:.3f}  [{r.prompts} prompts x {r.candidates}]")
+    print(json.dumps(summary))
+    return 0

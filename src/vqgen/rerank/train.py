@@ -1,0 +1,281 @@
+"""Train a CLIP-style reranker on an image folder with captions (``vqgen rerank train``).
+
+The run trains a BPE tokenizer on the training captions (``RUN/tokenizer.json``), then the dual
+encoder with a symmetric InfoNCE loss and a learned temperature. Pairs with identical captions
+in a batch count as positives of each other (soft targets), so repeated captions are not pushed
+apart. With ``hard_negatives`` > 0 each image also meets one-edit perturbations of its caption
+(:func:`~vqgen.rerank.negatives.perturb_caption`) as extra texts in the image → text softmax.
+
+Every ``holdout_every``-th pair is held out: ``metrics.jsonl`` gets the held-out caption → image
+R@1 among ``retrieval_group`` images and the hard-negative accuracy. The final model goes to
+``RUN/model/``; called again on the same RUN, training continues from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vqgen.config import get_preset, load_config, register_preset, require, save_config
+from vqgen.errors import VqgenError
+from vqgen.io import replace_dir
+from vqgen.rerank.clip import FAMILY as MODEL_FAMILY
+from vqgen.rerank.clip import ClipConfig, ClipReranker
+from vqgen.rerank.evaluate import hard_negative_accuracy, retrieval_at_1
+from vqgen.rerank.negatives import perturb_caption
+from vqgen.runtime import (EpochBatches, RunLogger, latest_checkpoint, load_resume, pick_device, progress,
+                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from vqgen.text.bpe import TOKENIZER_NAME, TextTokenizer
+
+FAMILY = "rerank"
+CONFIG_NAME = "config.json"
+
+
+@dataclass(frozen=True)
+class RerankTrainConfig:
+    model: ClipConfig = field(default_factory=ClipConfig)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
+    grad_clip: float = 1.0  # 0 disables
+    hard_negatives: int = 1  # perturbed captions per image added to the image → text softmax (0: off)
+    bpe_vocab_size: int = 512  # at most; the model's vocab_size becomes the trained tokenizer's size
+    steps: int = 2000
+    seed: int = 0
+    device: str = "auto"
+    holdout_every: int = 10  # every n-th pair is held out (>= 2)
+    retrieval_group: int = 32  # held-out R@1 is caption → image among this many
+    time_limit_min: float = 0.0  # stop (and save) after this many minutes; 0: no limit
+    log_every: int = 20
+    eval_every: int = 200
+    ckpt_every: int = 500
+
+    def __post_init__(self):
+        require(self.batch_size >= 2, "batch_size", "must be >= 2 (contrastive)")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        require(self.hard_negatives >= 0, "hard_negatives", "must be >= 0")
+        require(self.steps >= 0, "steps", "must be >= 0")
+        require(self.holdout_every >= 2, "holdout_every", "must be >= 2")
+        require(self.retrieval_group >= 2, "retrieval_group", "must be >= 2")
+        for name in ("log_every", "eval_every", "ckpt_every"):
+            require(getattr(self, name) >= 1, name, "must be >= 1")
+
+
+@register_preset(FAMILY, "tiny")
+def _train_tiny() -> RerankTrainConfig:
+    """The tiny model, batch 8, 30 steps: for tests."""
+    return RerankTrainConfig(model=get_preset(MODEL_FAMILY, "tiny"), batch_size=8, lr=2e-3, warmup_steps=5,
+                             bpe_vocab_size=128, steps=30, device="cpu", retrieval_group=4, log_every=5, eval_every=10, ckpt_every=10)
+
+
+@register_preset(FAMILY, "small")
+def _train_small() -> RerankTrainConfig:
+    """The small model (64x64 images), batch 64: a few minutes on a CPU core for shapes."""
+    return RerankTrainConfig(model=get_preset(MODEL_FAMILY, "small"))
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class PairSet:
+    """Images (N, 3, S, S) uint8 and their captions, split into training and held-out indices."""
+
+    images: torch.Tensor
+    texts: list[str]
+    train_idx: torch.Tensor
+    heldout_idx: torch.Tensor
+
+
+def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progress: bool = True) -> PairSet:
+    """Read an image folder with captions into memory (records without text are skipped)."""
+    from vqgen.data.folder import ImageFolder
+
+    ds = ImageFolder(data_dir, size=size, require_text=True, progress=show_progress)
+    if len(ds) == 0:
+        raise VqgenError(f"{data_dir} holds no image with a caption (skipped: {dict(ds.skipped)})")
+    images = torch.empty(len(ds), 3, size, size, dtype=torch.uint8)
+    for i in progress(range(len(ds)), desc="loading images", enabled=show_progress):
+        a = np.asarray(ds[i].image.convert("RGB"), dtype=np.uint8)  # (S, S, 3)
+        images[i] = torch.from_numpy(a.copy()).permute(2, 0, 1)
+    idx = torch.arange(len(ds))
+    held = idx % holdout_every == holdout_every - 1
+    return PairSet(images, list(ds.texts), idx[~held], idx[held])
+
+
+# ----------------------------------------------------------------------------- loss
+def _soft_targets(texts: list[str], device) -> torch.Tensor:
+    """Row-normalised caption-equality matrix (B, B): identical captions are shared positives."""
+    ids = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    key = torch.tensor([ids[t] for t in texts], device=device)
+    same = (key[:, None] == key[None, :]).float()  # (B, B)
+    return same / same.sum(1, keepdim=True)
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, texts: list[str],
+                     neg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE on unit embeddings img (B, E), txt (B, E); ``neg`` (B, M, E) are extra
+    negatives of each image only. Returns the loss and in-batch image → text accuracy."""
+    targets = _soft_targets(texts, img.device)  # (B, B)
+    logits = scale * img @ txt.T  # (B, B)
+    i2t = logits
+    if neg is not None:
+        neg_logits = scale * torch.einsum("be,bme->bm", img, neg)  # (B, M)
+        i2t = torch.cat([logits, neg_logits], dim=1)  # (B, B + M)
+        targets_i2t = torch.cat([targets, torch.zeros_like(neg_logits)], dim=1)
+    else:
+        targets_i2t = targets
+    loss_i2t = -(targets_i2t * F.log_softmax(i2t, dim=1)).sum(1).mean()
+    loss_t2i = -(targets * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    acc = (targets_i2t.gather(1, i2t.argmax(1, keepdim=True)) > 0).float().mean()
+    return (loss_i2t + loss_t2i) / 2, acc
+
+
+def _lr_at(cfg: RerankTrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+# ----------------------------------------------------------------------------- training
+def _resolve_config(cfg: RerankTrainConfig, run_dir: Path) -> RerankTrainConfig:
+    """A run that exists keeps its saved config; only ``steps`` and ``time_limit_min`` follow ``cfg``."""
+    saved = run_dir / CONFIG_NAME
+    if not saved.is_file():
+        return cfg
+    old = load_config(RerankTrainConfig, saved)
+    return replace(old, steps=cfg.steps, time_limit_min=cfg.time_limit_min)
+
+
+def _evaluate(model: ClipReranker, data: PairSet, cfg: RerankTrainConfig) -> dict[str, float]:
+    model.eval()
+    imgs, texts = data.images[data.heldout_idx], [data.texts[i] for i in data.heldout_idx.tolist()]
+    out = {"heldout_r1": retrieval_at_1(model, imgs, texts, cfg.retrieval_group),
+           "heldout_r1_chance": 1.0 / cfg.retrieval_group}
+    try:
+        out["heldout_hard_neg_acc"] = hard_negative_accuracy(model, imgs, texts, seed=cfg.seed)
+    except VqgenError:  # captions outside the shapes vocabulary: no hard negatives to test
+        pass
+    model.train()
+    return out
+
+
+def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | Path,
+                   show_progress: bool = True) -> tuple[ClipReranker, dict[str, float]]:
+    """Train (or resume) a reranker; returns the model and its final held-out metrics."""
+    run_dir = Path(run_dir)
+    cfg = _resolve_config(cfg, run_dir)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_pairs(data_dir, cfg.model.image_size, cfg.holdout_every, show_progress)
+    if len(data.heldout_idx) < cfg.retrieval_group:
+        raise VqgenError(f"{len(data.heldout_idx)} held-out pairs, fewer than retrieval_group="
+                         f"{cfg.retrieval_group}: use more data or --set retrieval_group=N")
+
+    ckpt = latest_checkpoint(run_dir)
+    tok_path = run_dir / TOKENIZER_NAME
+    if tok_path.is_file():
+        tokenizer = TextTokenizer.load(tok_path)
+    else:
+        tokenizer = TextTokenizer.train([data.texts[i] for i in data.train_idx.tolist()],
+                                        vocab_size=cfg.bpe_vocab_size)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(tok_path)
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=max(tokenizer.vocab_size, 5)))
+    if not (run_dir / CONFIG_NAME).is_file():
+        save_config(cfg, run_dir / CONFIG_NAME)
+
+    model = ClipReranker(cfg.model, tokenizer).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed)
+    step, elapsed = 0, 0.0
+    if ckpt is not None:
+        loaded = ClipReranker.from_pretrained(ckpt / "reranker", device=device)
+        model.load_state_dict(loaded.state_dict())
+        state = load_resume(ckpt)
+        opt.load_state_dict(state["opt"])
+        batches.load_state_dict(state["batches"])
+        set_rng_state(state["rng"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+
+    all_ids, all_mask = tokenizer.encode(data.texts, cfg.model.max_len)  # (N, L) x2
+    neg_rng = np.random.default_rng(cfg.seed * 7919 + step)
+    logger = RunLogger(run_dir)
+    bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress)
+    model.train()
+    start, it = time.time() - elapsed, iter(batches)
+    metrics: dict[str, float] = {}
+    try:
+        while step < cfg.steps:
+            if cfg.time_limit_min > 0 and time.time() - start > cfg.time_limit_min * 60:
+                print(f"time limit of {cfg.time_limit_min} min reached at step {step}")
+                break
+            idx = data.train_idx[next(it)]  # (B,)
+            texts = [data.texts[i] for i in idx.tolist()]
+            images = data.images[idx].to(device).float() / 255.0  # (B, 3, S, S)
+            img = model.encode_images(images)  # (B, E)
+            txt = model.encode_ids(all_ids[idx].to(device), all_mask[idx].to(device))  # (B, E)
+            neg = None
+            if cfg.hard_negatives > 0:
+                orig = [t for t in texts for _ in range(cfg.hard_negatives)]
+                neg_texts = [perturb_caption(t, neg_rng) or t for t in orig]
+                neg = model.encode_texts(neg_texts).view(len(texts), cfg.hard_negatives, -1)  # (B, M, E)
+                keep = torch.tensor([n != t for n, t in zip(neg_texts, orig)],
+                                    device=device).view(len(texts), cfg.hard_negatives, 1)
+                neg = torch.where(keep, neg, -img[:, None])  # an unperturbable caption adds an easy negative
+            loss, acc = contrastive_loss(img, txt, model.clamped_scale(), texts, neg)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
+                logger.log(step, {"loss": loss, "batch_acc": acc, "temperature": model.temperature(),
+                                  "lr": opt.param_groups[0]["lr"]})
+            if step % cfg.eval_every == 0 and step < cfg.steps:
+                logger.log(step, _evaluate(model, data, cfg))
+            if step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save_checkpoint(run_dir, step, {"reranker": model},
+                                {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(),
+                                 "step": step, "elapsed": time.time() - start})
+        metrics = _evaluate(model, data, cfg)
+        logger.log(step, metrics)
+        model.eval()
+        tmp = run_dir / ".model.tmp"
+        model.save_pretrained(tmp)
+        replace_dir(tmp, run_dir / "model")
+        save_checkpoint(run_dir, step, {"reranker": model},
+                        {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(),
+                         "step": step, "elapsed": time.time() - start})
+    finally:
+        bar.close()
+        logger.close()
+    return model, metrics
+
+
+def load_reranker(path: str | Path, device: str | torch.device = "cpu") -> ClipReranker:
+    """A reranker from a saved model directory or a run (``RUN/model``, else its latest checkpoint)."""
+    path = Path(path)
+    candidates = [path, path / "model"]
+    ckpt = latest_checkpoint(path) if path.is_dir() else None
+    if ckpt is not None:
+        candidates.append(ckpt / "reranker")
+    for c in candidates:
+        if all((c / name).is_file() for name in ("config.json", "model.safetensors", TOKENIZER_NAME)):
+            return ClipReranker.from_pretrained(c, device=device)
+    raise VqgenError(f"{path} holds no reranker (looked for a saved model, RUN/model and RUN/checkpoints)")

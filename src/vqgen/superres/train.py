@@ -1,0 +1,257 @@
+"""Train the super-resolution module on a frozen tokenizer (``vqgen superres train``).
+
+Inputs are the tokenizer's reconstructions of the images box-downsampled to the tokenizer's size;
+targets are the images at ``scale`` times that size, so the image folder must hold images at
+least that large (e.g. ``vqgen data shapes --size 128`` for a 64px tokenizer and x2). The losses
+are the tokenizer's: L2, the weight-free 1 - MS-SSIM, and optionally the VGG perceptual loss from
+a local weights file (no adversarial term here).
+
+Every ``holdout_every``-th image is held out; ``metrics.jsonl`` gets held-out PSNR/SSIM of the
+module and of bicubic upsampling of the same reconstructions. The model goes to ``RUN/model/``;
+called again on the same RUN, training continues from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vqgen.config import get_preset, load_config, register_preset, require, save_config
+from vqgen.errors import VqgenError
+from vqgen.eval.metrics import ms_ssim, psnr, ssim
+from vqgen.io import replace_dir
+from vqgen.runtime import (EpochBatches, RunLogger, latest_checkpoint, load_resume, pick_device, progress,
+                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from vqgen.superres.model import FAMILY as MODEL_FAMILY
+from vqgen.superres.model import SuperResConfig, SuperResolution
+
+FAMILY = "superres-train"
+CONFIG_NAME = "config.json"
+
+
+@dataclass(frozen=True)
+class SuperResTrainConfig:
+    model: SuperResConfig = field(default_factory=SuperResConfig)
+    batch_size: int = 16
+    lr: float = 1e-3
+    steps: int = 2000
+    l2: float = 1.0
+    ms_ssim: float = 0.1  # 1 - MS-SSIM, the tokenizer's weight-free perceptual substitute
+    perceptual: float = 0.0  # LPIPS-style VGG16 loss; needs vgg_path
+    vgg_path: str | None = None
+    max_images: int = 2000  # images read from the folder (0: all); inputs and targets are kept in memory
+    holdout_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    time_limit_min: float = 0.0
+    log_every: int = 20
+    eval_every: int = 200
+    ckpt_every: int = 500
+
+    def __post_init__(self):
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.steps >= 0, "steps", "must be >= 0")
+        for name in ("l2", "ms_ssim", "perceptual"):
+            require(getattr(self, name) >= 0, name, "must be >= 0")
+        require(self.perceptual == 0 or bool(self.vgg_path), "vgg_path", "perceptual > 0 needs a local VGG16 file")
+        require(self.max_images >= 0, "max_images", "must be >= 0")
+        require(self.holdout_every >= 2, "holdout_every", "must be >= 2")
+        for name in ("log_every", "eval_every", "ckpt_every"):
+            require(getattr(self, name) >= 1, name, "must be >= 1")
+
+
+@register_preset(FAMILY, "tiny")
+def _train_tiny() -> SuperResTrainConfig:
+    """The tiny module, 20 steps of batch 4: for tests."""
+    return SuperResTrainConfig(model=get_preset(MODEL_FAMILY, "tiny"), batch_size=4, steps=20, max_images=0,
+                               device="cpu", log_every=5, eval_every=10, ckpt_every=10)
+
+
+@register_preset(FAMILY, "small")
+def _train_small() -> SuperResTrainConfig:
+    """The small module, batch 16, 2000 steps."""
+    return SuperResTrainConfig(model=get_preset(MODEL_FAMILY, "small"))
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class SuperResData:
+    """Tokenizer reconstructions (N, 3, h, w) float, targets (N, 3, h*s, w*s) uint8, and the
+    box-downsampled originals (N, 3, h, w) float (for the bicubic-of-the-original reference)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    low: torch.Tensor
+    train_idx: torch.Tensor
+    heldout_idx: torch.Tensor
+
+
+def _first_image_size(root: Path) -> tuple[int, int] | None:
+    meta = root / "metadata.jsonl"
+    if not meta.is_file():
+        return None
+    for line in meta.read_text(encoding="utf-8").splitlines():
+        try:
+            with Image.open(root / json.loads(line)["file_name"]) as im:
+                return im.size
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+@torch.no_grad()
+def prepare_data(tokenizer, data_dir: str | Path, scale: int, max_images: int, holdout_every: int,
+                 device: torch.device, batch_size: int = 64, show_progress: bool = True) -> SuperResData:
+    """Read the folder at the target size and run the frozen tokenizer over the downsampled images."""
+    from vqgen.data.folder import ImageFolder
+    from vqgen.data.image import to_tensor
+
+    if getattr(tokenizer, "cond_embed", None) is not None:
+        raise VqgenError("a tokenizer whose decoder is conditioned (class/text) is not supported here")
+    low_size = tokenizer.config.image_size
+    high = low_size * scale
+    root = Path(data_dir)
+    first = _first_image_size(root) if root.is_dir() else None
+    if first is not None and min(first) < high:
+        raise VqgenError(f"{root} holds {first[0]}x{first[1]} images; x{scale} on a {low_size}px tokenizer needs "
+                         f"at least {high}x{high} (make the data at the higher size)")
+    ds = ImageFolder(root, size=high, progress=show_progress)
+    n = len(ds) if max_images == 0 else min(len(ds), max_images)
+    if n < 2:
+        raise VqgenError(f"{root} has {len(ds)} usable images; super-resolution needs at least 2")
+    targets = torch.empty(n, 3, high, high, dtype=torch.uint8)
+    for i in range(n):
+        targets[i] = (to_tensor(ds[i].image) * 255).round().to(torch.uint8)
+    inputs = torch.empty(n, 3, low_size, low_size)
+    low = torch.empty(n, 3, low_size, low_size)
+    tokenizer = tokenizer.to(device).eval()
+    for s in progress(range(0, n, batch_size), desc="tokenizer reconstructions", enabled=show_progress):
+        x = targets[s:s + batch_size].to(device).float() / 255.0  # (b, 3, H, W)
+        x_low = F.interpolate(x, size=(low_size, low_size), mode="area")  # (b, 3, h, w)
+        low[s:s + batch_size] = x_low.cpu()
+        inputs[s:s + batch_size] = tokenizer.decode(tokenizer.encode(x_low)).float().cpu()
+    idx = torch.arange(n)
+    held = idx % holdout_every == holdout_every - 1
+    if not held.any():
+        held[-1] = True
+    return SuperResData(inputs, targets, low, idx[~held], idx[held])
+
+
+# ----------------------------------------------------------------------------- training
+@torch.no_grad()
+def evaluate_superres(model: SuperResolution, data: SuperResData, device: torch.device,
+                      batch_size: int = 32) -> dict[str, float]:
+    """Held-out PSNR / SSIM of the module vs bicubic upsampling of the same reconstructions, plus
+    bicubic upsampling of the downsampled originals (what a perfect tokenizer would give)."""
+    model.eval()
+    sums = {k: 0.0 for k in ("psnr_sr", "psnr_bicubic", "psnr_bicubic_original", "ssim_sr", "ssim_bicubic")}
+    idx = data.heldout_idx
+    for s in range(0, len(idx), batch_size):
+        b = idx[s:s + batch_size]
+        x = data.inputs[b].to(device)  # (b, 3, h, w)
+        y = data.targets[b].to(device).float() / 255.0  # (b, 3, H, W)
+        sr, bic, bic_orig = model(x), model.bicubic(x), model.bicubic(data.low[b].to(device))
+        sums["psnr_sr"] += psnr(sr, y).sum().item()
+        sums["psnr_bicubic"] += psnr(bic, y).sum().item()
+        sums["psnr_bicubic_original"] += psnr(bic_orig, y).sum().item()
+        sums["ssim_sr"] += ssim(sr, y).sum().item()
+        sums["ssim_bicubic"] += ssim(bic, y).sum().item()
+    model.train()
+    return {k: v / len(idx) for k, v in sums.items()}
+
+
+def _resolve_config(cfg: SuperResTrainConfig, run_dir: Path) -> SuperResTrainConfig:
+    saved = run_dir / CONFIG_NAME
+    if not saved.is_file():
+        return cfg
+    old = load_config(SuperResTrainConfig, saved)
+    return replace(old, steps=cfg.steps, time_limit_min=cfg.time_limit_min)
+
+
+def train_superres(cfg: SuperResTrainConfig, tokenizer, data_dir: str | Path, run_dir: str | Path,
+                   show_progress: bool = True) -> tuple[SuperResolution, dict[str, float]]:
+    """Train (or resume) the module on a frozen tokenizer; returns it and its held-out metrics."""
+    run_dir = Path(run_dir)
+    cfg = _resolve_config(cfg, run_dir)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = prepare_data(tokenizer, data_dir, cfg.model.scale, cfg.max_images, cfg.holdout_every, device,
+                        show_progress=show_progress)
+    if len(data.train_idx) < cfg.batch_size:
+        raise VqgenError(f"{len(data.train_idx)} training images, fewer than one batch of {cfg.batch_size}")
+    perceptual = None
+    if cfg.perceptual > 0:
+        from vqgen.tokenizer.losses import VGGPerceptualLoss
+        perceptual = VGGPerceptualLoss.from_file(cfg.vgg_path).to(device)
+
+    model = SuperResolution(cfg.model).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed)
+    step, elapsed = 0, 0.0
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        model.load_state_dict(SuperResolution.from_pretrained(ckpt / "superres", device=device).state_dict())
+        state = load_resume(ckpt)
+        opt.load_state_dict(state["opt"])
+        batches.load_state_dict(state["batches"])
+        set_rng_state(state["rng"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / CONFIG_NAME)
+
+    logger = RunLogger(run_dir)
+    bar = progress(total=cfg.steps, initial=step, desc=f"superres x{cfg.model.scale}", enabled=show_progress)
+    start, it = time.time() - elapsed, iter(batches)
+    model.train()
+
+    def resume_state() -> dict:
+        return {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(), "step": step,
+                "elapsed": time.time() - start}
+
+    try:
+        while step < cfg.steps:
+            if cfg.time_limit_min > 0 and time.time() - start > cfg.time_limit_min * 60:
+                print(f"time limit of {cfg.time_limit_min} min reached at step {step}")
+                break
+            b = data.train_idx[next(it)]  # (B,)
+            x = data.inputs[b].to(device)  # (B, 3, h, w)
+            y = data.targets[b].to(device).float() / 255.0  # (B, 3, H, W)
+            out = model(x)  # (B, 3, H, W)
+            terms = {"l2": (out - y).pow(2).mean()}
+            loss = cfg.l2 * terms["l2"]
+            if cfg.ms_ssim > 0:
+                terms["ms_ssim"] = 1.0 - ms_ssim(out, y).mean()
+                loss = loss + cfg.ms_ssim * terms["ms_ssim"]
+            if perceptual is not None:
+                terms["perceptual"] = perceptual(out, y)
+                loss = loss + cfg.perceptual * terms["perceptual"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                logger.log(step, {"loss": loss, **terms})
+            if step % cfg.eval_every == 0 and step < cfg.steps:
+                logger.log(step, evaluate_superres(model, data, device))
+            if step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save_checkpoint(run_dir, step, {"superres": model}, resume_state())
+        metrics = evaluate_superres(model, data, device)
+        logger.log(step, metrics)
+        model.eval()
+        tmp = run_dir / ".model.tmp"
+        model.save_pretrained(tmp)
+        replace_dir(tmp, run_dir / "model")
+        save_checkpoint(run_dir, step, {"superres": model}, resume_state())
+    finally:
+        bar.close()
+        logger.close()
+    return model, metrics

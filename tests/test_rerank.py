@@ -1,0 +1,155 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vqgen.cli import main
+from vqgen.config import ConfigError, get_preset
+from vqgen.data.image import to_tensor
+from vqgen.data.shapes import caption_of, render_spec, validate_spec, write_shapes_dataset
+from vqgen.errors import VqgenError
+from vqgen.io import load_pretrained
+from vqgen.rerank import ClipConfig, ClipReranker
+from vqgen.rerank.negatives import perturb_caption, perturb_spec
+from vqgen.rerank.train import contrastive_loss
+from vqgen.text.bpe import TextTokenizer
+
+PAIRS = [("circle", "red"), ("square", "blue"), ("triangle", "green"), ("circle", "yellow"),
+         ("square", "purple"), ("triangle", "orange")]
+
+
+def _spec(shape, color):
+    return {"objects": [{"shape": shape, "color": color, "count": 1, "size": "large"}], "relations": []}
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    specs = [_spec(s, c) for s, c in PAIRS]
+    images = torch.stack([to_tensor(render_spec(sp, size=32, seed=i)) for i, sp in enumerate(specs)])  # (6, 3, 32, 32)
+    return images, [caption_of(validate_spec(sp)) for sp in specs]
+
+
+def _model(captions, seed=0):
+    torch.manual_seed(seed)
+    tok = TextTokenizer.train(captions * 3, vocab_size=64, min_frequency=1)
+    cfg = get_preset("clip_reranker", "tiny")
+    from dataclasses import replace
+    return ClipReranker(replace(cfg, vocab_size=tok.vocab_size), tok)
+
+
+def test_score_shapes_and_save_load_identical(tmp_path, pairs):
+    images, captions = pairs
+    model = _model(captions).eval()
+    scores = model.score(images, captions)
+    assert scores.shape == (6,)
+    assert torch.all(scores.abs() <= 1.0 + 1e-5)
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    loaded = load_pretrained(tmp_path / "m")
+    assert isinstance(loaded, ClipReranker)
+    torch.testing.assert_close(loaded.score(images, captions), scores, rtol=0, atol=0)
+    # other image sizes are resized to the model's
+    big = torch.nn.functional.interpolate(images, scale_factor=2)
+    assert loaded.score(big, captions[0]).shape == (6,)
+
+
+def test_load_without_tokenizer_is_an_error(tmp_path, pairs):
+    model = _model(pairs[1])
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.json").unlink()
+    with pytest.raises(VqgenError, match="tokenizer.json"):
+        ClipReranker.from_pretrained(tmp_path / "m")
+
+
+def test_select_keeps_the_k_best(pairs):
+    images, captions = pairs
+    model = _model(captions).eval()
+    scores = model.score(images, captions[0])
+    top = model.select(images, captions[0], k=3)
+    assert top.tolist() == torch.argsort(scores, descending=True)[:3].tolist()
+    assert scores[top].min() >= scores[[i for i in range(6) if i not in top.tolist()]].max()
+    with pytest.raises(VqgenError):
+        model.select(images, captions[0], k=7)
+    with pytest.raises(VqgenError):
+        model.score(images, captions[:2])
+
+
+def test_short_training_ranks_the_right_caption_first(pairs):
+    images, captions = pairs
+    model = _model(captions, seed=1)
+    ids, mask = model.tokenize(captions)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(40):
+        loss, _ = contrastive_loss(model.encode_images(images), model.encode_ids(ids, mask),
+                                   model.clamped_scale(), captions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    sims = model.similarity(images, captions)  # (6 images, 6 captions)
+    right = (sims.argmax(1) == torch.arange(6)).sum().item()
+    assert right >= 4, f"only {right}/6 images ranked their caption first (chance is 1)"
+
+
+def test_soft_targets_treat_duplicate_captions_as_positives():
+    e = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    img = torch.cat([e[:1], e[:1], e[1:]])  # images 0 and 1 are the same picture
+    texts = ["a", "a", "b", "c"]
+    loss, acc = contrastive_loss(img, img, torch.tensor(50.0), texts)
+    assert acc.item() == 1.0
+    # with the hard negative equal to the positive, the image -> text loss cannot be low
+    hard, _ = contrastive_loss(img, img, torch.tensor(50.0), texts, neg=img[:, None])
+    assert hard.item() > loss.item()
+
+
+def test_perturb_caption_changes_one_detail():
+    rng = np.random.default_rng(0)
+    base = "an orange circle to the left of two blue squares"
+    seen = set()
+    for _ in range(60):
+        new = perturb_caption(base, rng)
+        assert new is not None and new != base
+        assert "an r" not in new and "a o" not in new  # articles agree with the edited word
+        assert len(new.split()) == len(base.split())
+        seen.add(new)
+    assert len(seen) > 5
+    assert perturb_caption("a photo of a dog", rng) is None
+
+
+def test_perturb_spec_is_valid_and_different():
+    rng = np.random.default_rng(0)
+    spec = {"objects": [{"shape": "circle", "color": "red", "count": 1, "size": None},
+                        {"shape": "square", "color": "blue", "count": 2, "size": None}],
+            "relations": []}
+    for _ in range(20):
+        new = perturb_spec(spec, rng)
+        assert caption_of(validate_spec(new)) != caption_of(validate_spec(spec))
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        ClipConfig(image_size=30, channels=(8, 8))
+
+
+def test_cli_train_resume_and_eval(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_shapes_dataset(data, 40, 32, seed=0, progress=False)
+    run = tmp_path / "run"
+    args = ["rerank", "train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--no-progress",
+            "--set", "retrieval_group=4", "--set", "ckpt_every=2"]
+    assert main(args + ["--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "R@1 among 4" in out
+    assert isinstance(load_pretrained(run / "model"), ClipReranker)
+    assert main(args + ["--steps", "5"]) == 0  # continues from the step-3 checkpoint
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 5 and "heldout_r1" in rows[-1]
+    capsys.readouterr()
+    assert main(["rerank", "eval", str(run), "--data", str(data), "--group", "4", "--prompts", "2",
+                 "--candidates", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= summary["pick_hard"]["pick_passed"] <= 1 and "heldout_r1" in summary
+    assert main(["rerank", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2"),
+                 "--preset", "tiny", "--no-progress"]) == 2
