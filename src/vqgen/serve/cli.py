@@ -1,0 +1,89 @@
+"""``vqgen serve``: run the HTTP API and web page for a text-to-image pipeline."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a text-to-image model over HTTP (OpenAI images API) with a web page",
+        description="Serve a text-to-image pipeline: POST /v1/images/generations in the OpenAI images "
+                    "shape (the openai client works with base_url=http://HOST:PORT/v1), requests "
+                    "batched across clients, a web page at /, API docs at /docs.")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="pipeline directory (default: the bundled default model)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1, ...")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("VQGEN_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every route but /health, the page and "
+                        "the docs (default: $VQGEN_API_KEY, else no key)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, metavar="N",
+                   help="most images sampled together in one loop (default 8)")
+    p.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
+                   help="most requests waiting; more are answered 429 (default 64)")
+    p.add_argument("--max-n", type=_positive_int, default=8, metavar="N",
+                   help="most images one request may ask for (default 8)")
+    p.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                   help="a request that has not finished by then is answered 504 (default 300)")
+    p.add_argument("--batch-window-ms", type=float, default=10.0, metavar="MS",
+                   help="how long an idle server waits for more requests to batch with the first "
+                        "(default 10)")
+    p.add_argument("--url-ttl", type=_positive_float, default=3600.0, metavar="SECONDS",
+                   help="how long images answered as URLs stay downloadable (default 3600)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="server log level (default info)")
+    p.set_defaults(func=run_serve)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def run_serve(args) -> int:
+    import logging
+
+    from vqgen.runtime import pick_device
+    from vqgen.serve.app import ServeConfig, create_app
+    from vqgen.serve.server import bind_socket, make_server
+
+    config = ServeConfig(
+        model_id=os.path.basename(os.path.normpath(args.model)) if args.model else "vqgen-default",
+        api_key=args.api_key or None, max_batch=args.max_batch, max_queue=args.max_queue,
+        max_n=args.max_n, timeout=args.timeout, batch_window=args.batch_window_ms / 1000,
+        url_ttl=args.url_ttl)
+    sock = bind_socket(args.host, args.port)
+    if not _is_loopback(args.host) and config.api_key is None:
+        print(f"vqgen: warning: listening on {args.host} without --api-key: anyone who can reach "
+              "this port can generate images", file=sys.stderr)
+    from vqgen.pipelines import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_pretrained(dir=args.model, device=str(pick_device(args.device)))
+    app = create_app(pipe, config)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
+    host, port = sock.getsockname()[:2]
+    print(f"vqgen: serving {config.model_id} at http://{host}:{port}/ (API base http://{host}:{port}/v1, "
+          f"docs /docs)", file=sys.stderr)
+    make_server(app, sock, args.log_level).run(sockets=[sock])
+    return 0
