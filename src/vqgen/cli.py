@@ -17,6 +17,12 @@ from vqgen.errors import VqgenError
 COMMAND_MODULES = [
     "vqgen.data.cli",
     "vqgen.eval.cli",
+    "vqgen.serve.cli",
+    "vqgen.tokenizer.cli",
+    "vqgen.transformer.cli",
+    "vqgen.rerank.cli",
+    "vqgen.superres.cli",
+    "vqgen.pipelines.cli",
 ]
 
 
