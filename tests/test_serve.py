@@ -160,6 +160,7 @@ def client(tiny_pipe):
 
 BAD_REQUESTS = [
     ("not json", b"{prompt: 1", "not valid JSON", None),
+    ("json nested too deep", b"[" * 5000 + b"]" * 5000, "could not be parsed as JSON", None),
     ("not an object", [1, 2], "JSON object", None),
     ("missing prompt", {"n": 1}, "missing required field 'prompt'", "prompt"),
     ("empty prompt", {"prompt": "   "}, "the prompt is empty", "prompt"),
@@ -173,6 +174,8 @@ BAD_REQUESTS = [
     ("unknown size", {"prompt": "a", "size": "512x512"}, "unsupported size '512x512'", "size"),
     ("bad response_format", {"prompt": "a", "response_format": "jpeg"}, "'b64_json' or 'url'", "response_format"),
     ("unknown field", {"prompt": "a", "colour": "red"}, "unknown field 'colour'", "colour"),
+    ("OpenAI-only option", {"prompt": "a", "quality": "hd"}, "OpenAI option vqgen does not support", "quality"),
+    ("streaming asked for", {"prompt": "a", "stream": True}, "streaming is not supported", "stream"),
     ("negative guidance", {"prompt": "a", "guidance_scale": -1}, "greater than or equal to 0", "guidance_scale"),
     ("guidance a string", {"prompt": "a", "guidance_scale": "high"}, "valid number", "guidance_scale"),
     ("negative seed", {"prompt": "a", "seed": -3}, "greater than or equal to 0", "seed"),
@@ -218,6 +221,31 @@ def test_health_models_docs_and_page(client):
     assert page.status_code == 200 and 'id="prompt"' in page.text
 
 
+def test_openai_nullable_fields_take_defaults(client):
+    body = {"prompt": "a red circle", "n": None, "size": None, "response_format": None, "stream": False,
+            "user": "u1", "safety_identifier": "s1"}
+    r = client.post("/v1/images/generations", json=body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"]) == 1 and "b64_json" in r.json()["data"][0]
+
+
+def test_body_over_the_limit_answers_413():
+    with TestClient(create_app(FakePipeline(), ServeConfig(max_body_bytes=1024))) as c:
+        r = c.post("/v1/images/generations", json={"prompt": "x" * 2000})
+        assert r.status_code == 413 and "larger than 1024 bytes" in r.json()["error"]["message"]
+        chunks = iter([b'{"prompt": "', b"x" * 800, b"x" * 800, b'"}'])  # chunked: no Content-Length
+        r = c.post("/v1/images/generations", content=chunks, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        assert c.post("/v1/images/generations", json={"prompt": "a"}).status_code == 200
+
+
+def test_not_running_answers_503():
+    c = TestClient(create_app(FakePipeline()))  # no lifespan: the batcher never started
+    r = c.post("/v1/images/generations", json={"prompt": "a"})
+    assert r.status_code == 503 and "not accepting requests" in r.json()["error"]["message"]
+    assert c.get("/health").json()["status"] == "unavailable"
+
+
 def test_pipeline_failure_is_500_without_details():
     with TestClient(create_app(FakePipeline(fail=True)), raise_server_exceptions=False) as c:
         r = c.post("/v1/images/generations", json={"prompt": "a"})
@@ -237,6 +265,8 @@ def test_api_key_required_everywhere_but_public_routes():
         r = c.post("/v1/images/generations", json={"prompt": "a"}, headers={"Authorization": "Bearer k1"})
         assert r.status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/health").json()["auth_required"]
+        for path in ["/", "/docs", "/redoc", "/openapi.json"]:  # no data, no sampling: no key needed
+            assert c.get(path).status_code == 200, path
 
 
 def test_image_store_expires_and_bounds():
@@ -296,6 +326,7 @@ def test_full_queue_answers_429_and_recovers():
         r = httpx.post(url, json={"prompt": "rejected"})
         assert r.status_code == 429
         assert "queue is full" in r.json()["error"]["message"] and r.json()["error"]["code"] == "queue_full"
+        assert r.headers["Retry-After"] == "1"
         gate.set()
         first.join()
         second.join()
@@ -336,7 +367,10 @@ def test_client_disconnect_cancels_queued_request():
 
 # command line -----------------------------------------------------------------------------------
 def test_serve_cli_help_and_busy_port(capsys):
-    from vqgen.cli import main
+    from vqgen.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.port == 8000  # this machine only, unless asked
 
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])
@@ -347,4 +381,7 @@ def test_serve_cli_help_and_busy_port(capsys):
         port = taken.getsockname()[1]
         assert main(["serve", "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", "--port", "0", "--model", "/nonexistent/pipeline"]) == 2
+    err = capsys.readouterr().err
+    assert "vqgen: error:" in err and "does not exist" in err and "Traceback" not in err
 

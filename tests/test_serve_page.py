@@ -29,6 +29,20 @@ from tests.test_serve import metrics, running_server, tiny_pipeline  # noqa: E40
 from vqgen.serve.app import ServeConfig, create_app  # noqa: E402
 
 
+class GuidanceRecorder:
+    """The pipeline, recording the per-image guidance scales each sampling loop is called with."""
+
+    def __init__(self, pipe):
+        self.pipe, self.guidance = pipe, []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, prompts, **kwargs):
+        self.guidance += list(kwargs.get("guidance_scale") or [])
+        return self.pipe(prompts, **kwargs)
+
+
 @pytest.fixture
 def browser(monkeypatch):
     monkeypatch.setenv("SE_OFFLINE", "true")  # selenium-manager must not fetch anything
@@ -48,7 +62,8 @@ def browser(monkeypatch):
 
 
 def test_page_generates_and_shows_images(browser):
-    app = create_app(tiny_pipeline(), ServeConfig(api_key="page-key", max_n=4))
+    pipe = GuidanceRecorder(tiny_pipeline())
+    app = create_app(pipe, ServeConfig(api_key="page-key", max_n=4))
     with running_server(app) as base:
         browser.get(base + "/")
         wait = WebDriverWait(browser, 20)
@@ -56,6 +71,9 @@ def test_page_generates_and_shows_images(browser):
         browser.find_element(By.ID, "apikey").send_keys("page-key")
         browser.find_element(By.ID, "prompt").send_keys("a green triangle")
         Select(browser.find_element(By.ID, "n")).select_by_value("3")
+        assert browser.find_element(By.ID, "guidance").get_attribute("value") == "3"  # the model's default
+        browser.find_element(By.ID, "guidance").clear()
+        browser.find_element(By.ID, "guidance").send_keys("2.5")
         browser.find_element(By.ID, "generate").click()
 
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "figure.done img.result")) == 3)
@@ -64,6 +82,8 @@ def test_page_generates_and_shows_images(browser):
         assert all(im.get_attribute("alt") == "a green triangle" for im in images)
         links = browser.find_elements(By.CSS_SELECTOR, "a.download")
         assert len(links) == 3 and all(a.get_attribute("download").endswith(".png") for a in links)
+        assert all(a.get_attribute("href").startswith("blob:") for a in links)
+        assert pipe.guidance == [2.5, 2.5, 2.5]
         assert "done: 3 images" in browser.find_element(By.ID, "status").text
         assert metrics(base, key="page-key")["requests_served"] == 3
 

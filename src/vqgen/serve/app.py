@@ -34,9 +34,11 @@ log = logging.getLogger("vqgen.serve")
 
 # Routes answered without the API key: health, the page shell and the API schema hold no data and
 # cost no sampling; image file URLs are unguessable expiring tokens, as OpenAI's signed URLs are.
-PUBLIC_PATHS = ("/health", "/", "/docs", "/openapi.json")
+PUBLIC_PATHS = ("/health", "/", "/docs", "/redoc", "/openapi.json")
 PUBLIC_PREFIXES = ("/v1/images/files/",)
 MAX_RERANK = 16
+# OpenAI request options with no vqgen meaning: named in the error instead of "unknown field".
+OPENAI_UNSUPPORTED = ("quality", "style", "background", "moderation", "output_compression", "partial_images")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class ServeConfig:
     """Server limits. ``max_batch``: images per sampling loop; ``max_queue``: waiting requests;
     ``max_n``: images per request; ``timeout``: seconds a request may wait and run;
     ``batch_window``: seconds an idle server waits to batch the first request with others;
-    ``url_ttl``/``max_stored_images``: lifetime and count of images kept for ``url`` responses."""
+    ``url_ttl``/``max_stored_images``: lifetime and count of images kept for ``url`` responses;
+    ``max_body_bytes``: the largest request body read (more is answered 413)."""
 
     model_id: str = "vqgen"
     api_key: str | None = None
@@ -55,6 +58,7 @@ class ServeConfig:
     batch_window: float = 0.01
     url_ttl: float = 3600.0
     max_stored_images: int = 1024
+    max_body_bytes: int = 65536
 
     def __post_init__(self):
         require(self.max_batch >= 1, "max_batch", "must be at least 1")
@@ -64,6 +68,7 @@ class ServeConfig:
         require(self.batch_window >= 0, "batch_window", "must not be negative")
         require(self.url_ttl > 0, "url_ttl", "must be positive")
         require(self.max_stored_images >= 1, "max_stored_images", "must be at least 1")
+        require(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
         require(self.api_key is None or len(self.api_key) > 0, "api_key", "must not be empty")
 
 
@@ -75,12 +80,14 @@ class ImageRequest(BaseModel):
 
     prompt: str = Field(description="what to draw")
     model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
-    n: int = Field(1, description="number of images")
+    n: int | None = Field(None, description="number of images (default 1)")
     size: str | None = Field(None, description='"{S}x{S}" for a size the model makes, or "auto"')
-    response_format: Literal["b64_json", "url"] = Field(
-        "b64_json", description="b64_json: PNG inline; url: a link that expires")
+    response_format: Literal["b64_json", "url"] | None = Field(
+        None, description="b64_json (default): PNG inline; url: a link that expires")
     output_format: Literal["png"] | None = Field(None, description="only png")
+    stream: Literal[False] | None = Field(None, description="only false: no streaming")
     user: str | None = Field(None, description="accepted and ignored")
+    safety_identifier: str | None = Field(None, description="accepted and ignored")
     guidance_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False,
                                          description="classifier-free guidance; default: the model's")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same images")
@@ -110,9 +117,10 @@ class APIError(Exception):
     """An error answered in the OpenAI shape."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, type: str = "invalid_request_error"):
+                 code: str | None = None, type: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers
 
 
 def error_response(status: int, message: str, param=None, code=None, type="invalid_request_error",
@@ -173,6 +181,42 @@ def _is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
+class BodyLimit:
+    """ASGI middleware: read a request body up to ``max_bytes`` (more: 413), then hand it on."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                response = error_response(413, f"the request body is larger than {self.max_bytes} bytes",
+                                          code="request_too_large")
+                await response(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay():
+            nonlocal first
+            if first is not None:
+                message, first = first, None
+                return message
+            return await receive()  # later messages (the client's disconnect) pass through
+
+        await self.app(scope, replay, send)
+
+
 # the application -------------------------------------------------------------------------------
 @dataclass
 class ServeState:
@@ -216,7 +260,8 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
                   description="Text-to-image generation in the OpenAI images API shape, batched "
                               "across clients. Point the `openai` client at `http://HOST:PORT/v1`.")
     app.state.vqgen = state
-    if config.api_key is not None:
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    if config.api_key is not None:  # added last, so checked first: no body is read without the key
         app.add_middleware(BearerAuth, api_key=config.api_key)
     _add_error_handlers(app)
     _add_routes(app, state)
@@ -226,7 +271,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
-        return error_response(e.status, e.message, e.param, e.code, e.type)
+        return error_response(e.status, e.message, e.param, e.code, e.type, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError):
@@ -239,6 +284,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
         message, code = {
+            400: ("the request body could not be parsed as JSON", "invalid_value"),
             404: (f"no route {request.url.path}", "not_found"),
             405: (f"method {request.method} is not allowed on {request.url.path}", "method_not_allowed"),
         }.get(e.status_code, (str(e.detail), None))
@@ -260,11 +306,15 @@ def describe_validation_error(errors) -> tuple[str, str | None]:
         return f"the request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", None
     if kind == "missing":
         return (f"missing required field {param!r}", param) if param else ("missing request body", None)
+    if kind == "extra_forbidden" and param in OPENAI_UNSUPPORTED:
+        return f"{param!r} is an OpenAI option vqgen does not support; leave it out", param
     if kind == "extra_forbidden":
         fields = ", ".join(ImageRequest.model_fields)
         return f"unknown field {param!r} (supported: {fields})", param
     if param is None:
         return f"the request body must be a JSON object: {err['msg']}", None
+    if param == "stream":
+        return "streaming is not supported: leave 'stream' out or send false", param
     return f"{param}: {err['msg']}", param
 
 
@@ -326,7 +376,8 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         try:
             future = state.batcher.submit(job)
         except QueueFull as e:
-            raise APIError(429, f"server busy: {e}", code="queue_full", type="rate_limit_error")
+            raise APIError(429, f"server busy: {e}", code="queue_full", type="rate_limit_error",
+                           headers={"Retry-After": "1"})
         except NotRunning as e:
             raise APIError(503, str(e), code="unavailable", type="server_error")
         pngs = await _wait(job, future, request, state)
@@ -350,8 +401,9 @@ def _make_job(body: ImageRequest, state: ServeState) -> Job:
         pipe.validate_prompt(prompt)  # empty, too long, characters the model can't take
     except VqgenError as e:
         raise APIError(400, str(e), "prompt", "invalid_value")
-    if not 1 <= body.n <= config.max_n:
-        raise APIError(400, f"n must be between 1 and {config.max_n}, got {body.n}", "n", "invalid_value")
+    n = 1 if body.n is None else body.n
+    if not 1 <= n <= config.max_n:
+        raise APIError(400, f"n must be between 1 and {config.max_n}, got {n}", "n", "invalid_value")
     size = body.size or "auto"
     if size != "auto" and size not in state.sizes:
         raise APIError(400, f"unsupported size {size!r}; this model makes {', '.join(state.sizes)}",
@@ -361,7 +413,7 @@ def _make_job(body: ImageRequest, state: ServeState) -> Job:
     settings = SamplingSettings(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
                                 rerank=body.rerank, super_resolution=state.sizes.get(size, False))
     seed = body.seed if body.seed is not None else secrets.randbits(63)
-    return Job(prompt=prompt, n=body.n, guidance_scale=body.guidance_scale, seed=seed, settings=settings)
+    return Job(prompt=prompt, n=n, guidance_scale=body.guidance_scale, seed=seed, settings=settings)
 
 
 async def _wait(job: Job, future: asyncio.Future, request: Request, state: ServeState) -> list[bytes]:

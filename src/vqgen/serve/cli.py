@@ -74,16 +74,19 @@ def run_serve(args) -> int:
         max_n=args.max_n, timeout=args.timeout, batch_window=args.batch_window_ms / 1000,
         url_ttl=args.url_ttl)
     sock = bind_socket(args.host, args.port)
-    if not _is_loopback(args.host) and config.api_key is None:
-        print(f"vqgen: warning: listening on {args.host} without --api-key: anyone who can reach "
-              "this port can generate images", file=sys.stderr)
-    from vqgen.pipelines import TextToImagePipeline
+    try:
+        if not _is_loopback(args.host) and config.api_key is None:
+            print(f"vqgen: warning: listening on {args.host} without --api-key: anyone who can reach "
+                  "this port can generate images", file=sys.stderr)
+        from vqgen.pipelines import TextToImagePipeline
 
-    pipe = TextToImagePipeline.from_pretrained(dir=args.model, device=str(pick_device(args.device)))
-    app = create_app(pipe, config)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
-    host, port = sock.getsockname()[:2]
-    print(f"vqgen: serving {config.model_id} at http://{host}:{port}/ (API base http://{host}:{port}/v1, "
-          f"docs /docs)", file=sys.stderr)
-    make_server(app, sock, args.log_level).run(sockets=[sock])
+        pipe = TextToImagePipeline.from_pretrained(dir=args.model, device=str(pick_device(args.device)))
+        app = create_app(pipe, config)
+        logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
+        host, port = sock.getsockname()[:2]
+        print(f"vqgen: serving {config.model_id} at http://{host}:{port}/ (API base "
+              f"http://{host}:{port}/v1, docs /docs)", file=sys.stderr)
+        make_server(app, sock, args.log_level).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

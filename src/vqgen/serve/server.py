@@ -11,6 +11,7 @@ from vqgen.errors import VqgenError
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one); a clear error when it can't."""
+    sock = None
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -18,6 +19,8 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
         sock.bind((host, port))
         sock.listen(2048)
     except (OSError, OverflowError) as e:
+        if sock is not None:
+            sock.close()
         raise VqgenError(f"cannot listen on {host}:{port}: {e}") from None
     return sock
 
