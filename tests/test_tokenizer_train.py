@@ -160,3 +160,23 @@ def test_holdout_split():
     assert set(train.tolist()).isdisjoint(held.tolist())
     all_, same = holdout_split(5, 0)
     assert torch.equal(all_, same)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-cnn"])
+def test_decoder_only_training_keeps_the_codes_and_changes_the_decoder(folder, tmp_path, preset):
+    base = apply_overrides(get_preset("tokenizer", preset), ["steps=3", "log_every=3"])
+    first = train_tokenizer(base, folder, tmp_path / "a", show_progress=False)
+    cfg = apply_overrides(base, ["steps=4", f"init_from={tmp_path / 'a' / 'model'}", "decoder_only=true",
+                                 "optim.lr=0.01"])
+    second = train_tokenizer(cfg, folder, tmp_path / "b", show_progress=False)
+    before, after = _state(tmp_path / "a"), _state(tmp_path / "b")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(not name.startswith(second.ENCODER_SIDE) for name in changed)
+    assert any(name.startswith("decoder.") for name in changed)
+    images = load_image_set(folder, 16).float_images(torch.arange(8))  # (8, 3, 16, 16)
+    assert torch.equal(first.encode(images), second.encode(images))
+
+
+def test_decoder_only_needs_a_tokenizer_to_start_from():
+    with pytest.raises(Exception, match="decoder_only"):
+        apply_overrides(get_preset("tokenizer", "tiny"), ["decoder_only=true"])

@@ -77,6 +77,17 @@ class VQTokenizer(nn.Module, PretrainedMixin):
 
     quantizer: VectorQuantizer
     cond_embed: CondEmbedding | None
+    # parameters that decide the codes (encoder, lookup projection, codebook): frozen by decoder-only training
+    ENCODER_SIDE = ("enc_pos", "patch_embed.", "encoder.", "quantizer.codebook", "quantizer.down.")
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """Freeze everything that decides the codes; return the rest (decoder, up-projection, condition)."""
+        trainable = []
+        for name, p in self.named_parameters():
+            p.requires_grad_(not name.startswith(self.ENCODER_SIDE))
+            if p.requires_grad:
+                trainable.append(p)
+        return trainable
 
     @property
     def grid_size(self) -> tuple[int, int]:

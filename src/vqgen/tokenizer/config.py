@@ -72,12 +72,17 @@ class TokenizerTrainConfig:
     ckpt_every: int = 500
     eval_every: int = 0  # held-out eval every n steps (0: only at the end)
     eval_batches: int = 8  # held-out batches for periodic evals
+    init_from: str = ""  # start from this tokenizer model directory's weights (same architecture)
+    decoder_only: bool = False  # train the decoder only: codes stay those of init_from (stage 2 stays valid)
 
     def __post_init__(self):
         require(self.steps >= 0, "steps", "must be >= 0")
         require(self.holdout_every >= 0 and self.holdout_every != 1, "holdout_every", "must be 0 or >= 2")
         for name in ("log_every", "sample_every", "ckpt_every"):
             require(getattr(self, name) >= 1, name, "must be >= 1")
+        require(not self.decoder_only or bool(self.init_from), "decoder_only", "needs init_from (a trained tokenizer)")
+        require(not (self.decoder_only and self.codebook.restart_dead), "decoder_only",
+                "cannot be combined with codebook.restart_dead (the codebook is frozen)")
 
     @property
     def model(self) -> ViTVQGANConfig | CNNVQGANConfig:

@@ -114,7 +114,10 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
     disc = StyleGANDiscriminator(cfg.disc).to(device) if cfg.loss.gan > 0 else None
     if disc is not None and cfg.disc.image_size != cfg.image_size:
         raise ConfigError(f"config field 'disc.image_size' is {cfg.disc.image_size}, images are {cfg.image_size}")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+    if cfg.init_from:
+        _load_weights(model, Path(cfg.init_from))
+    params = model.decoder_parameters() if cfg.decoder_only else list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr, betas=(0.0, 0.99)) if disc else None
@@ -176,7 +179,7 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         opt.zero_grad(set_to_none=True)
         total.backward()
         if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         opt.step()
         sched.step()
 
