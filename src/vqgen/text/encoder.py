@@ -69,6 +69,7 @@ class FrozenTextEncoder:
         self.model.requires_grad_(False).eval().to(device)
         self.hidden_size = int(self.model.config.hidden_size)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self._memo: dict[bytes, torch.Tensor] = {}  # row (ids, mask) -> hidden states (L, H): the encoder is frozen
 
     def to(self, device=None, dtype=None) -> "FrozenTextEncoder":
         self.model.to(device=device, dtype=dtype)
@@ -91,13 +92,25 @@ class FrozenTextEncoder:
         mask[empty] = False
         return ids, mask
 
+    MEMO_ROWS = 16384  # remembered rows: a training set's distinct captions are encoded once
+
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states (B, L, H) in float32. Null rows attend to their first slot only
-        (their output is masked away by the caller)."""
-        attn = mask.clone()
-        attn[:, 0] = True
+        (their output is masked away by the caller). Rows seen before are served from a memo."""
         if self.device != ids.device:
             self.to(ids.device)
-        out = self.model(input_ids=ids, attention_mask=attn.long())
-        return out.last_hidden_state.float()  # (B, L, H)
+        keys = [i.tobytes() + m.tobytes() for i, m in zip(ids.cpu().numpy(), mask.cpu().numpy())]
+        todo = sorted({j for j, k in enumerate(keys) if k not in self._memo})
+        if todo:
+            rows = torch.tensor(todo, device=ids.device)
+            attn = mask[rows].clone()  # (b, L)
+            attn[:, 0] = True
+            hidden = self.model(input_ids=ids[rows], attention_mask=attn.long()).last_hidden_state.float()  # (b, L, H)
+            fresh = dict(zip((keys[j] for j in todo), hidden))
+            if len(self._memo) + len(fresh) > self.MEMO_ROWS:
+                self._memo.clear()
+            self._memo.update(fresh)
+        else:
+            fresh = {}
+        return torch.stack([fresh[k] if k in fresh else self._memo[k] for k in keys])  # (B, L, H)
