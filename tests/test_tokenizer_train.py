@@ -180,3 +180,13 @@ def test_decoder_only_training_keeps_the_codes_and_changes_the_decoder(folder, t
 def test_decoder_only_needs_a_tokenizer_to_start_from():
     with pytest.raises(Exception, match="decoder_only"):
         apply_overrides(get_preset("tokenizer", "tiny"), ["decoder_only=true"])
+
+
+def test_a_resumed_run_may_change_only_steps_and_limits(folder, tmp_path, capsys):
+    run = str(tmp_path / "r")
+    base = ["tokenizer", "train", "--data", str(folder), "--out", run, "--no-progress"]
+    assert main([*base, "--preset", "tiny", "--steps", "2", "--set", "time_limit_min=5"]) == 0
+    assert main([*base, "--steps", "3", "--set", "optim.lr=0.5"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    assert main([*base, "--steps", "3", "--set", "time_limit_min=9"]) == 0
+    assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3

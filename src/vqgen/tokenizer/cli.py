@@ -108,9 +108,11 @@ def _train(args) -> int:
     saved = run / "config.json"
     if saved.is_file():
         cfg = load_config(TokenizerTrainConfig, saved)
-        if args.overrides:
-            raise ConfigError(f"{run} exists: it resumes with its saved config, so --set is not allowed "
-                              "(only --steps); pick a new --out to change the config")
+        bad = [o for o in args.overrides if o.split("=", 1)[0].strip() not in RESUME_OVERRIDES]
+        if bad:
+            raise ConfigError(f"{run} exists: it resumes with its saved config, so only --steps and --set "
+                              f"{'/'.join(RESUME_OVERRIDES)} may change (got {bad[0]!r}); pick a new --out")
+        cfg = apply_overrides(cfg, args.overrides)
     else:
         if not args.preset:
             raise ConfigError("--preset is required for a new run")
@@ -120,6 +122,9 @@ def _train(args) -> int:
     text_encoder = hf_text_encoder(args.text_encoder) if args.text_encoder else None
     train_tokenizer(cfg, args.data, run, text_encoder=text_encoder, show_progress=not args.no_progress)
     return 0
+
+
+RESUME_OVERRIDES = ("time_limit_min", "cpu_limit_min")  # what a resumed run may change besides --steps
 
 
 def _eval(args) -> int:
