@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 # on disk; on a GPU machine, install your CUDA build of torch first and it is kept.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= out/demo
+DEMO_PROMPT ?= a red circle above a blue square
 
 .PHONY: install install-test demo test clean
 
@@ -20,9 +21,9 @@ install: $(PY)
 install-test: install
 	$(PY) -m pip install -q -e ".[text,test]"
 
+# the main job: images for a prompt from the bundled default model (a PNG each, and a grid)
 demo: install
-	$(VENV)/bin/vqgen data shapes --out $(DEMO_OUT)/shapes --num 200 --size 64 --seed 1
-	$(VENV)/bin/vqgen eval shapes --images $(DEMO_OUT)/shapes
+	$(VENV)/bin/vqgen generate "$(DEMO_PROMPT)" -n 8 --grid --out $(DEMO_OUT)
 
 test: install-test
 	$(PY) -m pytest

