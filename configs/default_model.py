@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (tf_run / "model").is_dir():
         extra = []
         if args.text_encoder:
-            extra = ["--set", "model.text.encoder=pretrained", "--set", f"model.text.pretrained_dir={args.text_encoder}"]
+            extra = ["--set", f"model.text.pretrained_dir={args.text_encoder}", "--set", "model.text.encoder=pretrained"]
         vqgen("train", "--codes", str(codes), "--out", str(tf_run), "--steps", str(args.steps), "--no-progress",
               *TRANSFORMER, *extra)
 

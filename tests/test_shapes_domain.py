@@ -177,3 +177,17 @@ def test_a_spec_that_cannot_be_placed_is_redrawn_not_fatal():
     scene = ShapesDataset(11000, size=64, seed=0).scene(10909)
     validate_spec(scene.spec)
     assert scene.objects
+
+
+def test_paraphrase_suite_keeps_the_specs_and_uses_unseen_words(tmp_path):
+    from vqgen.data.shapes import ShapesDataset, load_suite, write_paraphrase_suite
+
+    assert write_paraphrase_suite(tmp_path / "p.jsonl") == len(load_suite())
+    para, suite = load_suite(tmp_path / "p.jsonl"), load_suite()
+    assert [p["spec"] for p in para] == [s["spec"] for s in suite]
+    assert [p["category"] for p in para] == [s["category"] for s in suite]
+    train_words = {w for i in range(300) for w in ShapesDataset(300, seed=3).scene(i).caption.replace(",", "").split()}
+    for p in para:
+        assert set(p["prompt"].split()) - train_words, p["prompt"]  # every paraphrase has an unseen word
+    from vqgen.data.shapes import SUITE_PATH
+    assert (tmp_path / "p.jsonl").read_text() == (SUITE_PATH.parent / "shapes_paraphrases.jsonl").read_text()

@@ -167,6 +167,51 @@ def caption_of(spec: dict) -> str:
     return ", and ".join(clauses)
 
 
+# Other words for the same scene: never used by training captions, so a model that only learnt the
+# canonical template is tested on language it has not seen (`paraphrase_of`).
+PARAPHRASE_SIZES = {"small": "tiny", "large": "big"}
+PARAPHRASE_NUMBERS = {1: "one", 2: "2", 3: "3", 4: "4"}
+PARAPHRASE_RELATIONS = {"left of": "on the left side of", "right of": "on the right side of",
+                        "above": "on top of", "below": "underneath"}
+
+
+def _paraphrase_mention(obj: dict) -> str:
+    """``"one big red circle"`` / ``"3 tiny blue squares"``."""
+    words = [PARAPHRASE_NUMBERS[obj["count"]]]
+    if obj["size"]:
+        words.append(PARAPHRASE_SIZES[obj["size"]])
+    words += [obj["color"], obj["shape"] if obj["count"] == 1 else PLURALS[obj["shape"]]]
+    return " ".join(words)
+
+
+def paraphrase_of(spec: dict) -> str:
+    """A caption of a spec in words the training captions never use (counts as "one"/digits,
+    "tiny"/"big", "on top of"/"underneath"/"on the ... side of", lists joined by "plus")."""
+    objects, relations = spec["objects"], spec["relations"]
+    by_a = {r["a"]: r for r in relations}
+    clauses, i = [], 0
+    while i < len(objects):
+        r = by_a.get(i)
+        if r and r["b"] == i + 1:
+            clauses.append(f"{_paraphrase_mention(objects[i])} {PARAPHRASE_RELATIONS[r['relation']]} "
+                           f"{_paraphrase_mention(objects[i + 1])}")
+            i += 2
+        else:
+            clauses.append(_paraphrase_mention(objects[i]))
+            i += 1
+    return " plus ".join(clauses)
+
+
+def write_paraphrase_suite(path: str | Path, seed: int = SUITE_SEED) -> int:
+    """The suite's specs with :func:`paraphrase_of` prompts, as JSON lines; returns the number of prompts."""
+    from vqgen.io import atomic_write_text
+
+    items = [{"prompt": paraphrase_of(item["spec"]), "category": item["category"], "spec": item["spec"]}
+             for item in build_suite(seed)]
+    atomic_write_text(Path(path), "".join(json.dumps(item) + "\n" for item in items))
+    return len(items)
+
+
 def _pairs(rng: np.random.Generator, n: int, distinct_attrs: bool = False) -> list[tuple[str, str]]:
     """``n`` different (shape, colour) pairs; with ``distinct_attrs`` no shape or colour repeats."""
     while True:
