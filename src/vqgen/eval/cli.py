@@ -10,21 +10,60 @@ def register(sub) -> None:
     group = add_group(sub, "eval", help="evaluate images and models")
 
     p = group.add_parser(
-        "shapes", help="score images of the shapes domain against their scene specs (exact evaluator)",
-        description="Score every image of a folder against the 'spec' in its metadata.jsonl with the "
-                    "shapes evaluator (colour segmentation, shape features, relations); prints accuracy "
-                    "per category and overall, and the JSON summary as the last line.")
-    p.add_argument("--images", required=True, metavar="DIR",
-                   help="image folder whose metadata.jsonl rows carry 'text' and 'spec' "
-                        "(e.g. made by `vqgen data shapes`, or generated images with their prompts' specs)")
+        "shapes", help="score shapes images against their specs, or generate the prompt suite with a model and "
+                       "write an evaluation report",
+        description="With --images: score every image of a folder against the 'spec' in its metadata.jsonl with "
+                    "the shapes evaluator (colour segmentation, shape features, relations). With --model: generate "
+                    "--samples images for every prompt of the suite at each --guidance value (optionally the "
+                    "reranker's best of --rerank N candidates vs a random pick of the same candidates), score them, "
+                    "and write a report folder (--out): report.md, summary.json, results.jsonl, a sample grid per "
+                    "category, a plot of accuracy vs guidance, and the kept images as image folders. Prints accuracy "
+                    "per category and the JSON summary as the last line.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", metavar="DIR",
+                     help="image folder whose metadata.jsonl rows carry 'text' and 'spec' "
+                          "(e.g. made by `vqgen data shapes`, or a report's images/<setting>/)")
+    src.add_argument("--model", metavar="DIR", help="text-to-image pipeline directory to generate with")
     p.add_argument("--details", metavar="FILE",
-                   help="also write one JSON line per image here (file_name, text, category, passed, criteria, "
-                        "per-object and per-relation results, detections)")
+                   help="with --images: also write one JSON line per image here (file_name, text, category, passed, "
+                        "criteria, per-object and per-relation results, detections)")
+    p.add_argument("--prompts", metavar="FILE", default=None,
+                   help="with --model: prompt suite, JSON lines {prompt, spec[, category]} "
+                        "(default: prompts/shapes_suite.jsonl)")
+    p.add_argument("--per-category", type=int, default=None, metavar="N",
+                   help="with --model: only the first N prompts of each category (a quicker, balanced subset)")
+    p.add_argument("--samples", type=int, default=4, metavar="K",
+                   help="with --model: images kept per prompt (default 4)")
+    p.add_argument("--guidance", default=None, metavar="G[,G...]",
+                   help="with --model: classifier-free guidance scales to compare, e.g. 1,3,5 "
+                        "(default: the pipeline's own)")
+    p.add_argument("--rerank", type=int, default=0, metavar="N",
+                   help="with --model: draw N candidates per kept image and report the reranker's best against a "
+                        "random pick of the same candidates (needs a pipeline with a reranker)")
+    p.add_argument("--reranker", metavar="DIR", default=None,
+                   help="with --model: use this reranker (a model or `vqgen rerank train` run directory) instead of "
+                        "the pipeline's own")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="with --model: sampling temperature (default: the pipeline's)")
+    p.add_argument("--top-k", type=int, default=None, help="with --model: top-k sampling (default: the pipeline's)")
+    p.add_argument("--top-p", type=float, default=None, help="with --model: top-p sampling (default: the pipeline's)")
+    p.add_argument("--out", metavar="REPORT_DIR", default=None, help="with --model: report folder to write (required)")
+    p.add_argument("--data-out", metavar="DIR", default=None,
+                   help="with --model: write results.jsonl and images/ here instead of into REPORT_DIR "
+                        "(keeps a report under docs/ small)")
+    p.add_argument("--no-images", action="store_true",
+                   help="with --model: do not keep the generated images in the report (grids, tables and plot only)")
+    p.add_argument("--seed", type=int, default=0, help="with --model: seed of the samples and random picks (default 0)")
+    p.add_argument("--batch", type=int, default=64, metavar="B",
+                   help="with --model: images generated per call, prompts batched together (default 64)")
+    p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, mps or auto (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=_shapes)
 
 
 def _shapes(args) -> int:
+    if args.model is not None:
+        return _shapes_model(args)
     from vqgen.eval.shapes import score_folder, write_results
 
     result = score_folder(args.images, progress=not args.no_progress)
@@ -40,3 +79,52 @@ def _shapes(args) -> int:
         print(f"per-image results: {args.details}")
     print(json.dumps(result.summary()))
     return 0
+
+
+def _shapes_model(args) -> int:
+    from vqgen.data.shapes import load_suite
+    from vqgen.errors import VqgenError
+    from vqgen.eval.report import (ReportSettings, evaluate_pipeline, markdown_tables, parse_guidance,
+                                   select_prompts)
+    from vqgen.pipelines import TextToImagePipeline
+    from vqgen.runtime import pick_device
+
+    if args.out is None:
+        raise VqgenError("--model needs --out REPORT_DIR (where the report is written)")
+    if args.details:
+        raise VqgenError("--details goes with --images; with --model the report holds results.jsonl")
+    suite = select_prompts(load_suite(args.prompts), args.per_category)
+    device = pick_device(args.device)
+    pipe = TextToImagePipeline.from_pretrained(args.model, device=device)
+    if args.reranker:
+        from vqgen.rerank.train import load_reranker
+
+        reranker = load_reranker(args.reranker, device).eval()
+        pipe = TextToImagePipeline(pipe.tokenizer, pipe.transformer, reranker=reranker, superres=pipe.superres,
+                                   defaults=pipe.defaults)
+    guidance = parse_guidance(args.guidance) if args.guidance else (float(pipe.defaults.guidance_scale),)
+    settings = ReportSettings(guidance=guidance, samples=args.samples, rerank=args.rerank,
+                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              batch=args.batch, keep_images=not args.no_images)
+    summary = evaluate_pipeline(pipe, suite, args.out, settings, show_progress=not args.no_progress,
+                                meta={"model": str(args.model), "command": _command(args, guidance)},
+                                data_dir=args.data_out)
+    print(markdown_tables(summary), end="")
+    print(f"report: {args.out} ({summary['images_generated']} images in {summary['seconds']} s)")
+    print(json.dumps(summary))
+    return 0
+
+
+def _command(args, guidance: tuple[float, ...]) -> str:
+    """The report's command line, rebuilt from the parsed options (defaults spelled out)."""
+    parts = ["vqgen eval shapes", f"--model {args.model}", f"--out {args.out}", f"--samples {args.samples}",
+             "--guidance " + ",".join(f"{g:g}" for g in guidance), f"--seed {args.seed}"]
+    for flag, value in (("--prompts", args.prompts), ("--per-category", args.per_category),
+                        ("--rerank", args.rerank or None), ("--reranker", args.reranker),
+                        ("--data-out", args.data_out),
+                        ("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p)):
+        if value is not None:
+            parts.append(f"{flag} {value}")
+    if args.no_images:
+        parts.append("--no-images")
+    return " ".join(parts)

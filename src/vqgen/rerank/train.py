@@ -46,6 +46,7 @@ class RerankTrainConfig:
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
     grad_clip: float = 1.0  # 0 disables
     hard_negatives: int = 1  # perturbed captions per image added to the image → text softmax (0: off)
+    augment: float = 0.0  # fraction of training images blurred and noised like generated ones (0: off)
     bpe_vocab_size: int = 512  # at most; the model's vocab_size becomes the trained tokenizer's size
     steps: int = 2000
     seed: int = 0
@@ -62,6 +63,7 @@ class RerankTrainConfig:
         require(self.lr > 0, "lr", "must be > 0")
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
         require(self.hard_negatives >= 0, "hard_negatives", "must be >= 0")
+        require(0 <= self.augment <= 1, "augment", "must be in [0, 1]")
         require(self.steps >= 0, "steps", "must be >= 0")
         require(self.holdout_every >= 2, "holdout_every", "must be >= 2")
         require(self.retrieval_group >= 2, "retrieval_group", "must be >= 2")
@@ -107,6 +109,31 @@ def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progres
     idx = torch.arange(len(ds))
     held = idx % holdout_every == holdout_every - 1
     return PairSet(images, list(ds.texts), idx[~held], idx[held])
+
+
+def degrade_batch(images: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Blur (Gaussian, sigma 0.3–1.2 px at 64 px) and noise (std up to 0.05) a random ``prob`` of
+    images (B, 3, S, S) in [0, 1], as a tokenizer's reconstructions look; the rest pass unchanged."""
+    b, _, s, _ = images.shape
+    chosen = torch.rand(b, generator=gen) < prob  # (B,)
+    if not chosen.any():
+        return images
+    x = images[chosen]  # (b', 3, S, S)
+    sigma = (0.3 + 0.9 * torch.rand(len(x), generator=gen)) * s / 64  # (b',)
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)  # (K,)
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)  # (b', K)
+    k = (k / k.sum(1, keepdim=True)).to(x.device)
+    n = len(x)
+    y = x.reshape(1, n * 3, s, s)
+    kx = k.repeat_interleave(3, 0)  # (b'*3, K)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kx[:, None, None, :], groups=n * 3)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), kx[:, None, :, None], groups=n * 3)
+    y = y.reshape(n, 3, s, s)
+    noise = 0.05 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(y.shape, generator=gen)  # (b', 3, S, S)
+    out = images.clone()
+    out[chosen] = (y + noise.to(y.device)).clamp(0, 1)
+    return out
 
 
 # ----------------------------------------------------------------------------- loss
@@ -210,6 +237,7 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
 
     all_ids, all_mask = tokenizer.encode(data.texts, cfg.model.max_len)  # (N, L) x2
     neg_rng = np.random.default_rng(cfg.seed * 7919 + step)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     logger = RunLogger(run_dir)
     bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress)
     model.train()
@@ -223,6 +251,8 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
             idx = data.train_idx[next(it)]  # (B,)
             texts = [data.texts[i] for i in idx.tolist()]
             images = data.images[idx].to(device).float() / 255.0  # (B, 3, S, S)
+            if cfg.augment > 0:
+                images = degrade_batch(images, cfg.augment, aug_gen)
             img = model.encode_images(images)  # (B, E)
             txt = model.encode_ids(all_ids[idx].to(device), all_mask[idx].to(device))  # (B, E)
             neg = None
