@@ -156,3 +156,31 @@ def test_folder_errors_and_skipped_rows(tmp_path, capsys):
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     folder = score_folder(out, progress=False)
     assert folder.num == 2 and folder.skipped == {"missing_spec": 1, "bad_spec": 1}
+
+
+def test_tokenizer_round_trip_scores_renders_before_and_after(capsys):
+    import torch
+
+    from vqgen.data.shapes import load_suite
+    from vqgen.eval.shapes import tokenizer_round_trip
+
+    class Identity:  # a perfect tokenizer: the round trip keeps every render as it is
+        class config:
+            image_size = 64
+
+        def encode(self, x):
+            return x
+
+        def decode(self, codes):
+            return codes
+
+    class Blank(Identity):  # a useless one: decodes everything to white
+        def decode(self, codes):
+            return torch.ones_like(codes)
+
+    suite = load_suite()[::25]
+    good = tokenizer_round_trip(Identity(), suite, samples=1)
+    assert good["num"] == len(suite) and good["ground_truth"] == 1.0 and good["round_trip"] >= 0.99
+    bad = tokenizer_round_trip(Blank(), suite, samples=1)
+    assert bad["ground_truth"] == 1.0 and bad["round_trip"] == 0.0
+    assert sum(c["n"] for c in bad["categories"].values()) == len(suite)

@@ -24,6 +24,9 @@ def register(sub) -> None:
                      help="image folder whose metadata.jsonl rows carry 'text' and 'spec' "
                           "(e.g. made by `vqgen data shapes`, or a report's images/<setting>/)")
     src.add_argument("--model", metavar="DIR", help="text-to-image pipeline directory to generate with")
+    src.add_argument("--tokenizer", metavar="DIR",
+                     help="image tokenizer directory: score the suite's ground-truth renders after an encode -> "
+                          "decode round trip (the ceiling of any generator on its codes)")
     p.add_argument("--details", metavar="FILE",
                    help="with --images: also write one JSON line per image here (file_name, text, category, passed, "
                         "criteria, per-object and per-relation results, detections)")
@@ -64,6 +67,8 @@ def register(sub) -> None:
 def _shapes(args) -> int:
     if args.model is not None:
         return _shapes_model(args)
+    if args.tokenizer is not None:
+        return _shapes_tokenizer(args)
     from vqgen.eval.shapes import score_folder, write_results
 
     result = score_folder(args.images, progress=not args.no_progress)
@@ -78,6 +83,23 @@ def _shapes(args) -> int:
         write_results(result.results, args.details)
         print(f"per-image results: {args.details}")
     print(json.dumps(result.summary()))
+    return 0
+
+
+def _shapes_tokenizer(args) -> int:
+    from vqgen.data.shapes import load_suite
+    from vqgen.eval.report import select_prompts
+    from vqgen.eval.shapes import tokenizer_round_trip
+    from vqgen.io import load_pretrained
+
+    tokenizer = load_pretrained(args.tokenizer)
+    suite = select_prompts(load_suite(args.prompts), args.per_category)
+    summary = tokenizer_round_trip(tokenizer, suite, samples=args.samples, seed=args.seed)
+    print(f"{'category':<10} {'n':>6} {'renders':>8} {'round trip':>11}")
+    for name, c in summary["categories"].items():
+        print(f"{name:<10} {c['n']:>6} {c['ground_truth']:>8.4f} {c['round_trip']:>11.4f}")
+    print(f"{'overall':<10} {summary['num']:>6} {summary['ground_truth']:>8.4f} {summary['round_trip']:>11.4f}")
+    print(json.dumps(summary))
     return 0
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from vqgen.data.shapes import PALETTE, SIZES, category_of, validate_spec
+from vqgen.data.shapes import CATEGORIES, PALETTE, SIZES, category_of, validate_spec
 from vqgen.errors import VqgenError
 
 COLOR_TOLERANCE = 80.0      # RGB distance from a pixel to its colour's segment, at most
@@ -383,3 +383,38 @@ def degrade(image: Image.Image | np.ndarray, blur: float = 0.0, noise: float = 0
     if noise > 0:
         rgb = rgb + np.random.default_rng(seed).normal(0.0, noise * 255.0, rgb.shape)
     return np.clip(rgb, 0, 255).round().astype(np.uint8)
+
+
+def tokenizer_round_trip(tokenizer, suite: list[dict], samples: int = 2, seed: int = 0,
+                         batch_size: int = 128) -> dict[str, Any]:
+    """Score each suite spec's renders before and after ``tokenizer.decode(tokenizer.encode(x))``.
+
+    The round-trip accuracy bounds what any generator writing this tokenizer's codes can reach.
+    Renders use seeds ``seed .. seed + samples - 1`` at the tokenizer's image size.
+    """
+    import torch
+
+    from vqgen.data.image import to_tensor
+    from vqgen.data.shapes import render_spec
+
+    size = int(tokenizer.config.image_size)
+    rows = [(item, render_spec(item["spec"], size, seed=s)) for s in range(seed, seed + samples) for item in suite]
+    truth, trip = [], []
+    for i in range(0, len(rows), batch_size):
+        part = rows[i:i + batch_size]
+        x = torch.stack([to_tensor(im) for _, im in part])  # (B, 3, H, W)
+        with torch.no_grad():
+            y = tokenizer.decode(tokenizer.encode(x)).clamp(0, 1)  # (B, 3, H, W)
+        for (item, im), rec in zip(part, y):
+            arr = (rec.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
+            truth.append((item["category"], score(im, item["spec"]).passed))
+            trip.append((item["category"], score(arr, item["spec"]).passed))
+
+    def rate(pairs, category=None):
+        hits = [ok for c, ok in pairs if category in (None, c)]
+        return round(sum(hits) / max(len(hits), 1), 4)
+
+    cats = sorted({c for c, _ in truth}, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else len(CATEGORIES))
+    return {"num": len(rows), "ground_truth": rate(truth), "round_trip": rate(trip),
+            "categories": {c: {"n": sum(1 for k, _ in truth if k == c), "ground_truth": rate(truth, c),
+                               "round_trip": rate(trip, c)} for c in cats}}
