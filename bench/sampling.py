@@ -6,12 +6,19 @@ DALLE-pytorch's cached ``generate_images``, plus where one decode step's time go
 Model: a unified (text then image) decoder of DALLE-pytorch's shape in PEERS.md: dim 256,
 depth 6, 4 heads of 64, feed-forward sized to DALLE's GEGLU parameter count (mlp_dim 1536),
 32 text + 256 image tokens (16x16), a 512-code image vocabulary, batch 8. Figures are image
-tokens written per second (rows x 256 / wall time), all measured in this one run; the last line
+tokens written per second (rows x 256 / time), all measured in this one run; the last line
 prints every figure. Guidance runs the conditional and null rows in one batch (λ = 3).
 
+Time: with one thread (the default) every figure on both sides is the CPU time of the process
+(``time.process_time``), which equals the wall time on an idle core and, unlike the wall time,
+does not depend on what else the shared machine runs meanwhile; with ``--threads`` > 1 it is the
+wall time. The phase lines print both.
+
 DALLE-pytorch runs in its own virtual environment as a subprocess (see bench/README.md); its
-time excludes its VAE decode, timed separately and subtracted. Without the peer environment its
-figure is printed as skipped, with the reason.
+time excludes its VAE decode, timed separately and subtracted. It is timed twice: plain
+(``cond_scale=1``; DALLE-pytorch 1.6.6 then ignores ``use_cache``, its ``forward_with_cond_scale``
+does not pass the cache on) and guided (``cond_scale`` = λ, where its cache is used). Without the
+peer environment its figures are printed as skipped, with the reason.
 """
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ from dalle_pytorch import DALLE, DiscreteVAE
 
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
+clock = time.process_time if a["threads"] == 1 else time.perf_counter
 torch.manual_seed(0)
 vae = DiscreteVAE(image_size=a["image_size"], num_layers=a["vae_layers"], num_tokens=a["codebook"],
                   codebook_dim=256, hidden_dim=64)
@@ -53,17 +61,21 @@ dalle = DALLE(dim=a["dim"], vae=vae, num_text_tokens=a["text_vocab"], text_seq_l
 params = sum(p.numel() for n, p in dalle.named_parameters() if not n.startswith("vae."))
 blocks = sum(p.numel() for p in dalle.transformer.parameters())
 text = torch.randint(1, a["text_vocab"], (a["batch"], a["text_len"]))
+out = {"params": params, "block_params": blocks, "image_tokens": dalle.image_seq_len, "batch": a["batch"],
+       "torch": torch.__version__}
 with torch.inference_mode():
-    dalle.generate_images(text[:, :], filter_thres=0.5, use_cache=True)  # warm-up
-    t0 = time.perf_counter()
-    images = dalle.generate_images(text, filter_thres=0.5, use_cache=True)
-    total = time.perf_counter() - t0
     codes = torch.randint(0, a["codebook"], (a["batch"], dalle.image_seq_len))
-    t0 = time.perf_counter()
+    vae.decode(codes)  # warm-up
+    t0 = clock()
     vae.decode(codes)
-    vae_s = time.perf_counter() - t0
-print(json.dumps({"seconds": total - vae_s, "vae_seconds": vae_s, "params": params, "block_params": blocks,
-                  "image_tokens": dalle.image_seq_len, "batch": a["batch"], "torch": torch.__version__}))
+    out["vae_seconds"] = vae_s = clock() - t0
+    for name, scale in (("plain", 1.0), ("cfg", a["guidance"])):
+        dalle.generate_images(text[:1], filter_thres=0.5, use_cache=True, cond_scale=scale)  # warm-up
+        t0, w0 = clock(), time.perf_counter()
+        dalle.generate_images(text, filter_thres=0.5, use_cache=True, cond_scale=scale)
+        out[name + "_seconds"] = clock() - t0 - vae_s
+        out[name + "_wall"] = time.perf_counter() - w0
+print(json.dumps(out))
 """
 
 
@@ -81,61 +93,63 @@ def text_cond(args) -> Condition:
     return Condition(text_ids=ids, text_mask=torch.ones_like(ids, dtype=torch.bool))
 
 
-def timed(fn, repeats: int = 1) -> float:
-    """Best wall time of ``repeats`` calls (seconds)."""
-    best = float("inf")
+CLOCK = time.process_time  # set in main: CPU time with one thread, else wall time
+
+
+def timed(fn, repeats: int = 1) -> tuple[float, float]:
+    """Best time (``CLOCK``) of ``repeats`` calls and the wall time of that call, in seconds."""
+    best = (float("inf"), float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, w0 = CLOCK(), time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, (CLOCK() - t0, time.perf_counter() - w0))
     return best
 
 
 def step_breakdown(model: Unified, cond: Condition, config: SamplingConfig, reps: int) -> dict:
     """Mean time of one decode step (network + picker), of the picker alone, and of the step's
-    matrix products alone (the same shapes through ``torch.mm`` / ``torch.bmm`` into
-    preallocated outputs)."""
+    matrix products alone: the same products with the model's own weights and the cache's own
+    key/value buffers (so the same bytes stream from memory), through ``torch.mm`` /
+    ``torch.bmm`` into preallocated outputs."""
     c = model.config
     with torch.inference_mode():
         plan = _plan(model, cond, None, config, torch.Generator().manual_seed(0), None)
         dec = _Decoder(model, plan, config)
         logits = dec.prefill()
         steps = min(reps, plan.steps - 1)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(steps):
             logits = dec.step(logits)
-        step_s = (time.perf_counter() - t0) / steps
+        step_s = (CLOCK() - t0) / steps
 
         pick = _Picker(plan)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(steps):
             pick.t.zero_()
             pick(logits)
-        pick_s = (time.perf_counter() - t0) / steps
+        pick_s = (CLOCK() - t0) / steps
 
-        rows, d, m, h = dec.cache.batch_size, c.dim, c.mlp_dim, c.heads
-        t_max, dh = dec.cache.max_len, c.dim // c.heads
-        r = lambda *s: torch.randn(*s)  # noqa: E731
-        x, y = r(rows, d), r(rows, m)  # (B', D), (B', M)
-        mats = [(x, r(d, 3 * d), r(rows, 3 * d)), (x, r(d, d), r(rows, d)), (x, r(d, m), r(rows, m)),
-                (y, r(m, d), r(rows, d))]  # qkv, proj, fc1, fc2
-        q, kt, vv = r(rows * h, 1, dh), r(rows * h, dh, t_max), r(rows * h, t_max, dh)
-        att, o = r(rows * h, 1, t_max), r(rows * h, 1, dh)
-        head = (x, r(d, c.codebook_size), r(rows, c.codebook_size))
+        rows, h, dh, t_max = dec.cache.batch_size, c.heads, c.dim // c.heads, dec.cache.max_len
+        x, y = torch.randn(rows, c.dim), torch.randn(rows, c.mlp_dim)  # (B', D), (B', M)
+        products = []  # (fn, a, b, out): per block qkv, proj, fc1, fc2 (mm), q·k^T and scores·v (bmm); the head
+        for i, blk in enumerate(model.blocks):
+            for a, lin in ((x, blk.attn.qkv), (x, blk.attn.proj), (x, blk.mlp.fc1), (y, blk.mlp.fc2)):
+                products.append((torch.mm, a, lin.weight.t(), torch.empty(rows, lin.out_features)))
+            kt = dec.cache.k[i].view(rows * h, t_max, dh).transpose(1, 2)  # (B'H, Dh, T_max)
+            scores = torch.empty(rows * h, 1, t_max)  # (B'H, 1, T_max)
+            products.append((torch.bmm, torch.randn(rows * h, 1, dh), kt, scores))
+            products.append((torch.bmm, scores, dec.cache.v[i].view(rows * h, t_max, dh), torch.empty(rows * h, 1, dh)))
+        products.append((torch.mm, x, model.head.weight.t(), torch.empty(rows, c.codebook_size)))
 
         def matmuls():
-            for _ in range(c.depth):
-                for a, b, out in mats:
-                    torch.mm(a, b, out=out)
-                torch.bmm(q, kt, out=att)
-                torch.bmm(att, vv, out=o)
-            torch.mm(*head[:2], out=head[2])
+            for fn, a, b, out in products:
+                fn(a, b, out=out)
 
         matmuls()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(steps):
             matmuls()
-        mm_s = (time.perf_counter() - t0) / steps
+        mm_s = (CLOCK() - t0) / steps
     return {"step_ms": 1e3 * step_s, "picker_ms": 1e3 * pick_s, "matmul_ms": 1e3 * mm_s}
 
 
@@ -144,7 +158,7 @@ def run_peer(args) -> dict:
     if not py or not Path(py).exists():
         return {"skipped": f"no peer python at {py!r} (build it as bench/README.md says)"}
     spec = dict(dim=args.dim, depth=args.depth, heads=args.heads, text_len=args.text_len, text_vocab=args.text_vocab,
-                codebook=args.codebook, batch=args.batch, threads=args.threads,
+                codebook=args.codebook, batch=args.batch, threads=args.threads, guidance=args.guidance,
                 image_size=args.grid * 8, vae_layers=3)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     try:
@@ -155,7 +169,8 @@ def run_peer(args) -> dict:
     if res.returncode != 0:
         return {"skipped": "peer failed: " + (res.stderr.strip().splitlines() or ["?"])[-1]}
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    out["tok_s"] = out["batch"] * out["image_tokens"] / out["seconds"]
+    for name in ("plain", "cfg"):
+        out[name + "_tok_s"] = out["batch"] * out["image_tokens"] / out[name + "_seconds"]
     return out
 
 
@@ -179,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-naive", action="store_true", help="skip the slow full-recompute figures")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.threads == 1 else time.perf_counter
 
     model = build_model(args)
     cond = text_cond(args)
@@ -187,7 +204,8 @@ def main(argv=None) -> int:
     params = sum(p.numel() for p in model.parameters())
     print(f"model: unified dim={args.dim} depth={args.depth} heads={args.heads} mlp={args.mlp_dim} "
           f"blocks={blocks / 1e6:.2f}M params={params / 1e6:.2f}M; {args.text_len} text + {model.image_seq_len} image "
-          f"tokens, batch {args.batch}, threads {args.threads}, torch {torch.__version__}", flush=True)
+          f"tokens, batch {args.batch}, threads {args.threads}, torch {torch.__version__}; times are "
+          f"{'CPU' if args.threads == 1 else 'wall'} seconds", flush=True)
 
     plain = SamplingConfig(top_k=args.codebook // 2)  # DALLE-pytorch's filter_thres=0.5 keeps half the codes
     guided = SamplingConfig(top_k=args.codebook // 2, guidance_scale=args.guidance)
@@ -195,22 +213,22 @@ def main(argv=None) -> int:
     figs = {}
     generate(model, cond, config=plain, generator=gen())  # warm-up
     for name, cfg in (("plain", plain), ("cfg", guided)):
-        s = timed(lambda: generate(model, cond, config=cfg, generator=gen()), repeats=2)
+        s, w = timed(lambda: generate(model, cond, config=cfg, generator=gen()), repeats=2)
         figs[f"cached_{name}"] = n_tok / s
-        print(f"cached {name}: {s:.2f}s  {n_tok / s:.0f} tok/s", flush=True)
+        print(f"cached {name}: {s:.2f}s (wall {w:.2f}s)  {n_tok / s:.0f} tok/s", flush=True)
         if args.compile:
             ccfg = replace(cfg, compile=True)
             t0 = time.perf_counter()
             generate(model, cond, config=ccfg, generator=gen())  # compiles
             first = time.perf_counter() - t0
-            s = timed(lambda: generate(model, cond, config=ccfg, generator=gen()), repeats=2)
+            s, w = timed(lambda: generate(model, cond, config=ccfg, generator=gen()), repeats=2)
             figs[f"compiled_{name}"] = n_tok / s
-            print(f"compiled {name}: {s:.2f}s  {n_tok / s:.0f} tok/s (first call with compilation {first:.0f}s)",
-                  flush=True)
+            print(f"compiled {name}: {s:.2f}s (wall {w:.2f}s)  {n_tok / s:.0f} tok/s (first call with compilation "
+                  f"{first:.0f}s wall)", flush=True)
         if not args.no_naive:
-            s = timed(lambda: generate_naive(model, cond, config=cfg, generator=gen()))
+            s, w = timed(lambda: generate_naive(model, cond, config=cfg, generator=gen()))
             figs[f"naive_{name}"] = n_tok / s
-            print(f"naive {name}: {s:.2f}s  {n_tok / s:.1f} tok/s", flush=True)
+            print(f"naive {name}: {s:.2f}s (wall {w:.2f}s)  {n_tok / s:.1f} tok/s", flush=True)
 
     br = {name: step_breakdown(model, cond, cfg, reps=128) for name, cfg in (("plain", plain), ("cfg", guided))}
     for name, b in br.items():
@@ -223,9 +241,13 @@ def main(argv=None) -> int:
         peer_fig = "dalle=skipped"
     else:
         print(f"dalle-pytorch {peer['torch']}: transformer {peer['block_params'] / 1e6:.2f}M "
-              f"(with embeddings {peer['params'] / 1e6:.2f}M), {peer['seconds']:.1f}s (VAE decode "
-              f"{peer['vae_seconds']:.2f}s excluded)  {peer['tok_s']:.1f} tok/s", flush=True)
-        peer_fig = f"dalle={peer['tok_s']:.1f}tok/s vqgen/dalle={figs['cached_plain'] / peer['tok_s']:.1f}x"
+              f"(with embeddings {peer['params'] / 1e6:.2f}M); VAE decode {peer['vae_seconds']:.2f}s excluded", flush=True)
+        for name, how in (("plain", "cond_scale=1, its cache unused"), ("cfg", f"cond_scale={args.guidance:g}, cached")):
+            print(f"dalle-pytorch {name} ({how}): {peer[name + '_seconds']:.1f}s (wall {peer[name + '_wall']:.1f}s)  "
+                  f"{peer[name + '_tok_s']:.1f} tok/s", flush=True)
+        peer_fig = (f"dalle={peer['plain_tok_s']:.1f}tok/s vqgen/dalle={figs['cached_plain'] / peer['plain_tok_s']:.1f}x "
+                    f"dalle_cfg={peer['cfg_tok_s']:.1f}tok/s "
+                    f"vqgen/dalle_cfg={figs['cached_cfg'] / peer['cfg_tok_s']:.1f}x")
 
     parts = [f"cached={figs['cached_plain']:.0f}tok/s", f"cached_cfg={figs['cached_cfg']:.0f}tok/s"]
     if "naive_plain" in figs:

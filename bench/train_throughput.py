@@ -5,9 +5,12 @@ directly, so neither runs an image tokenizer), cross-entropy on both parts, Adam
 batch, sequence length and thread count, and the same parameter count (vqgen's MLP width is chosen
 to match DALLE-pytorch's count; both are printed). DALLE-pytorch runs in its own virtual
 environment (see bench/README.md) as a subprocess; the two alternate for ``--rounds`` rounds and
-the median of each is compared, so a change in machine load hits both.
+the median of each is compared, so a change in machine load hits both. With one thread (the
+default) both sides time CPU seconds of their process (``time.process_time``: the wall time on an
+idle core, and independent of the other jobs on a shared machine); with ``--threads`` > 1, wall
+seconds.
 
-    .venv/bin/python bench/train_throughput.py --peer-python /work/peers/dalle/bin/python
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_throughput.py --peer-python /work/peers/dalle/bin/python
 
 Final line: ``train_vs_dalle_pytorch=<vqgen tokens/s ÷ DALLE-pytorch tokens/s>x``.
 """
@@ -34,6 +37,7 @@ from dalle_pytorch import DALLE, DiscreteVAE
 
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
+clock = time.process_time if a["threads"] == 1 else time.perf_counter
 torch.manual_seed(0)
 vae = DiscreteVAE(image_size=a["image_size"], num_layers=a["vae_layers"], num_tokens=a["codebook"],
                   codebook_dim=64, hidden_dim=16)
@@ -50,10 +54,10 @@ def step():
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
 for _ in range(a["warmup"]):
     step()
-t = time.perf_counter()
+t = clock()
 for _ in range(a["steps"]):
     step()
-dt = time.perf_counter() - t
+dt = clock() - t
 print(json.dumps({"params": params, "tokens_per_s": a["steps"] * a["batch"] * (a["text_len"] + model.image_seq_len) / dt}))
 '''
 
@@ -104,12 +108,13 @@ def run_vqgen(args, mlp_dim: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    clock = time.process_time if args.threads == 1 else time.perf_counter
     for _ in range(args.warmup):
         step()
-    t = time.perf_counter()
+    t = clock()
     for _ in range(args.steps):
         step()
-    return args.steps * args.batch * (args.text_len + n) / (time.perf_counter() - t)
+    return args.steps * args.batch * (args.text_len + n) / (clock() - t)
 
 
 def run_peer(args, worker: Path, count_only: bool = False) -> dict:
@@ -149,12 +154,13 @@ def main() -> None:
         mlp_dim, ours_params = matched_mlp_dim(args, peer_params)
         side = args.image_size // 2 ** args.vae_layers
         print(f"params: vqgen {ours_params / 1e6:.2f}M (mlp_dim {mlp_dim}), DALLE-pytorch {peer_params / 1e6:.2f}M; "
-              f"batch {args.batch}, {args.text_len} text + {side * side} image tokens, {args.threads} thread(s)")
+              f"batch {args.batch}, {args.text_len} text + {side * side} image tokens, {args.threads} thread(s); "
+              f"{'CPU' if args.threads == 1 else 'wall'} time", flush=True)
         ours, theirs = [], []
         for r in range(args.rounds):
             ours.append(run_vqgen(args, mlp_dim))
             theirs.append(run_peer(args, worker)["tokens_per_s"])
-            print(f"round {r + 1}: vqgen {ours[-1]:.0f} tokens/s, DALLE-pytorch {theirs[-1]:.0f} tokens/s")
+            print(f"round {r + 1}: vqgen {ours[-1]:.0f} tokens/s, DALLE-pytorch {theirs[-1]:.0f} tokens/s", flush=True)
     a, b = statistics.median(ours), statistics.median(theirs)
     print(f"median tokens/s: vqgen {a:.0f}, DALLE-pytorch {b:.0f}")
     print(f"train_vs_dalle_pytorch={a / b:.2f}x")

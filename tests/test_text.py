@@ -113,3 +113,8 @@ def test_frozen_encoder_memo_matches_a_direct_forward_and_skips_seen_rows(monkey
     calls = []
     monkeypatch.setattr(enc.model, "forward", lambda *a, **kw: calls.append(kw))
     assert torch.equal(enc(ids[[1, 0]], mask[[1, 0]]), first[[1, 0]]) and not calls
+
+
+def test_bpe_training_is_deterministic():
+    caps = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("square", "circle")]
+    assert TextTokenizer.train(caps, vocab_size=64).tok.to_str() == TextTokenizer.train(caps, vocab_size=64).tok.to_str()

@@ -47,7 +47,7 @@ class TextTokenizer:
         if not texts:
             raise VqgenError("cannot train a text tokenizer: the data set has no captions")
         tok.train_from_iterator(texts, trainer=trainer)
-        return cls(tok)
+        return cls(_renumbered(tok))
 
     @classmethod
     def load(cls, path: str | Path) -> "TextTokenizer":
@@ -102,3 +102,24 @@ class TextTokenizer:
     def decode(self, ids: torch.Tensor) -> list[str]:
         """Token ids (B, L) back to text, special tokens dropped."""
         return self.tok.decode_batch([[int(i) for i in row] for row in ids], skip_special_tokens=True)
+
+
+def _renumbered(tok):
+    """The same tokenizer with ids that depend on the captions only. Hugging Face's BPE trainer
+    numbers the symbols of the vocabulary in hash order, which changes from process to process
+    (the merges do not); renumber: the special tokens, the other symbols sorted, then each
+    merge's result in merge order."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    merged = ["".join(m if isinstance(m, list) else m.split(" ")) for m in spec["model"]["merges"]]
+    made = set(merged)
+    order = SPECIAL_TOKENS + sorted(t for t in vocab if t not in made and t not in SPECIAL_TOKENS)
+    order += list(dict.fromkeys(t for t in merged if t in vocab))
+    if sorted(order) != sorted(vocab):  # a layout this renumbering does not know: keep the trainer's ids
+        return tok
+    spec["model"]["vocab"] = {t: i for i, t in enumerate(order)}
+    return Tokenizer.from_str(json.dumps(spec))
