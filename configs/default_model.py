@@ -57,6 +57,7 @@ TRANSFORMER = ["--preset", "parti-small",
 # sweeps of guidance {1..8} x temperature {0.3..1.0} (docs/eval-shapes.md has the table).
 GUIDANCE = 2.0
 TEMPERATURE = 0.5
+RERANK = 8  # candidates per image, the reranker keeps the best (+17 points on the suite, docs/default-model.md)
 
 
 def vqgen(*args: str) -> None:
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="transformer training steps")
     p.add_argument("--guidance", type=float, default=GUIDANCE, help="the pipeline's default guidance scale")
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="the pipeline's default temperature")
+    p.add_argument("--rerank", type=int, default=RERANK, help="the pipeline's default rerank candidates (1: off)")
     p.add_argument("--text-encoder", default=None, help="local HF encoder dir: train on a frozen text encoder")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     reranker = rerank_run / "model"
     pipe = TextToImagePipeline.from_components(tokenizer=dec_run / "model", transformer=tf_run / "model",
                                                reranker=reranker, guidance_scale=args.guidance,
-                                               temperature=args.temperature)
+                                               temperature=args.temperature, rerank=args.rerank)
     pipe_dir = pipe.save_pretrained(out / ("pipeline-frozen" if args.text_encoder else "pipeline"))
     print(f"pipeline: {pipe_dir}")
     if args.install:

@@ -140,6 +140,21 @@ def test_rerank_keeps_the_best_candidate(tmp_path):
     again = TextToImagePipeline.from_pretrained(tmp_path / "p")
     assert again.reranker is not None
 
+    # a default rerank applies when a call gives none; rerank=1 turns it off
+    ranked = TextToImagePipeline(tok, model, reranker=reranker, defaults=PipelineDefaults(rerank=3))
+    by_default = ranked(["a red circle", "two blue squares"], num_images=2, generator=torch.Generator().manual_seed(0),
+                        output_type="pt")
+    assert torch.equal(by_default.codes, out.codes)
+    plain = ranked(["a red circle", "two blue squares"], num_images=2, rerank=1,
+                   generator=torch.Generator().manual_seed(0), output_type="pt")
+    unranked = pipe(["a red circle", "two blue squares"], num_images=2, generator=torch.Generator().manual_seed(0),
+                    output_type="pt")
+    assert plain.scores is None and torch.equal(plain.codes, unranked.codes)
+    ranked.save_pretrained(tmp_path / "ranked")
+    assert TextToImagePipeline.from_pretrained(tmp_path / "ranked").defaults.rerank == 3
+    with pytest.raises(VqgenError, match="default rerank needs a reranker"):
+        TextToImagePipeline(tok, model, defaults=PipelineDefaults(rerank=3))
+
 
 def test_class_conditional_pipeline(tmp_path):
     tok, model = tiny_components("vim", num_classes=3)

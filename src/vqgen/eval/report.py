@@ -152,7 +152,7 @@ def generate_and_score(pipe, suite: list[dict], settings: ReportSettings,
                         for j in range(len(items))]
                 out = pipe([it["prompt"] for it in items], num_images=per_prompt, guidance_scale=g,
                            temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                           generator=gens, output_type="pt")
+                           rerank=1, generator=gens, output_type="pt")  # candidates are ranked below
                 images = torch.stack(out.images)  # (chunk*K*N, 3, H, W)
                 rscores = None
                 if n_cand > 1:

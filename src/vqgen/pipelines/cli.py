@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely codes (0 = off)")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling mass (1 = off)")
     p.add_argument("--rerank", type=_positive, default=None, metavar="K",
-                   help="draw K candidates per image and keep the reranker's best (needs a reranker)")
+                   help="draw K candidates per image and keep the reranker's best (needs a reranker; "
+                        "default: the pipeline's, 8 for the bundled model; 1 = off)")
     p.add_argument("--super-resolution", action="store_true", help="upsample with the pipeline's superres model")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--grid", action="store_true", help="also write all images as one grid.png")

@@ -46,10 +46,13 @@ class PipelineDefaults:
     top_k: int | None = None
     top_p: float | None = None
     max_prompt_length: int = 200
+    rerank: int = 1  # candidates drawn per image when a call does not say (1: no reranking)
 
     def __post_init__(self):
         if self.max_prompt_length < 1:
             raise VqgenError("max_prompt_length must be >= 1")
+        if not isinstance(self.rerank, int) or self.rerank < 1:
+            raise VqgenError(f"the default rerank must be a positive number of candidates, got {self.rerank!r}")
 
 
 @dataclass
@@ -195,6 +198,8 @@ class TextToImagePipeline:
         if getattr(transformer, "cond_kind", None) != "text":
             raise VqgenError(f"a text-to-image pipeline needs a text-conditioned transformer, "
                              f"got {type(transformer).__name__} ({getattr(transformer, 'cond_kind', None)})")
+        if defaults.rerank > 1 and reranker is None:
+            raise VqgenError("the pipeline's default rerank needs a reranker component")
         self.components = Components(tokenizer, transformer, reranker, superres)
         self.defaults = defaults
 
@@ -289,7 +294,8 @@ class TextToImagePipeline:
         ``guidance_scale`` and ``generator`` may be lists with one entry per prompt: a batch of
         different requests then gives the same images as one call per request with the same
         seeds. ``rerank=k`` draws ``k`` candidates per image and keeps the one the reranker
-        scores highest. Settings left as None take the pipeline's defaults.
+        scores highest (``rerank=1``: no reranking). Settings left as None take the pipeline's
+        defaults.
         """
         prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not prompts:
@@ -299,7 +305,7 @@ class TextToImagePipeline:
         d = self.defaults
         scales = per_group(d.guidance_scale if guidance_scale is None else guidance_scale, len(prompts), "guidance_scale")
         gens = per_group(generator, len(prompts), "generator")
-        k = rerank or 1
+        k = d.rerank if rerank is None else rerank
         if k > 1 and self.reranker is None:
             raise VqgenError("rerank needs a pipeline with a reranker/ component")
         if super_resolution and self.superres is None:

@@ -411,7 +411,8 @@ def _make_job(body: ImageRequest, state: ServeState) -> Job:
     if body.rerank is not None and body.rerank > 1 and getattr(pipe, "reranker", None) is None:
         raise APIError(400, "rerank needs a model with a reranker; this one has none", "rerank", "invalid_value")
     settings = SamplingSettings(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                                rerank=body.rerank, super_resolution=state.sizes.get(size, False))
+                                rerank=body.rerank or getattr(getattr(pipe, "defaults", None), "rerank", None),
+                                super_resolution=state.sizes.get(size, False))
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     return Job(prompt=prompt, n=n, guidance_scale=body.guidance_scale, seed=seed, settings=settings)
 
