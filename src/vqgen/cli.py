@@ -57,6 +57,28 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0, else a one-line usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
 def add_group(sub, name: str, help: str, description: str | None = None):
     """Add a command group (e.g. ``vqgen data``) and return its sub-parsers."""
     group = sub.add_parser(name, help=help, description=description or help)

@@ -5,18 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from vqgen.cli import add_group
+from vqgen.cli import add_group, positive_int
 from vqgen.errors import VqgenError
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be positive")
-    return value
 
 
 def _colour(text: str) -> tuple[int, int, int]:
@@ -36,8 +27,8 @@ def register(sub) -> None:
 
     p = group.add_parser("shapes", help="render the procedural shapes data set (captions + scene specs)")
     p.add_argument("--out", required=True, metavar="DIR", help="output image folder")
-    p.add_argument("--num", type=_positive, default=10000, metavar="N", help="number of images (default 10000)")
-    p.add_argument("--size", type=_positive, default=64, metavar="S", help="image side in pixels (default 64)")
+    p.add_argument("--num", type=positive_int, default=10000, metavar="N", help="number of images (default 10000)")
+    p.add_argument("--size", type=positive_int, default=64, metavar="S", help="image side in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_shapes)
@@ -51,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output image folder")
     p.add_argument("--styles", default=None, metavar="S1,S2",
                    help="comma-separated styles, e.g. google,twitter (default: every style in the packages)")
-    p.add_argument("--size", type=_positive, default=64, metavar="S", help="image side in pixels (default 64)")
+    p.add_argument("--size", type=positive_int, default=64, metavar="S", help="image side in pixels (default 64)")
     p.add_argument("--skin-tones", action="store_true",
                    help="also include the skin-tone variations (near-duplicates; left out by default)")
     p.add_argument("--background", type=_colour, default=(255, 255, 255), metavar="R,G,B",
@@ -61,7 +52,7 @@ def register(sub) -> None:
 
     p = group.add_parser("digits", help="scikit-learn's 1,797 handwritten digits (labels 0-9, no download)")
     p.add_argument("--out", required=True, metavar="DIR", help="output image folder")
-    p.add_argument("--size", type=_positive, default=32, metavar="S", help="image side in pixels (default 32)")
+    p.add_argument("--size", type=positive_int, default=32, metavar="S", help="image side in pixels (default 32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_digits)
 
@@ -69,9 +60,9 @@ def register(sub) -> None:
                          description="Reads every record the way training would and reports what would be "
                                      "skipped, by reason; the last line is a JSON summary.")
     p.add_argument("path", metavar="DIR", help="an image folder, a directory of .tar shards, or one .tar")
-    p.add_argument("--size", type=_positive, default=None, metavar="S", help="also resize to S x S (default: no resize)")
+    p.add_argument("--size", type=positive_int, default=None, metavar="S", help="also resize to S x S (default: no resize)")
     p.add_argument("--require-text", action="store_true", help="count records without a caption as skipped")
-    p.add_argument("--max-pixels", type=_positive, default=None, metavar="N",
+    p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                    help="skip images with more pixels than N (default 64000000)")
     p.add_argument("--show", type=int, default=10, metavar="K", help="print up to K skipped records (default 10)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when anything was skipped")

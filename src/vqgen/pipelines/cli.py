@@ -1,18 +1,9 @@
 """``vqgen generate "PROMPT"``: images for a prompt with a text-to-image pipeline (default: the bundled model)."""
 from __future__ import annotations
 
-import argparse
 import re
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be positive")
-    return value
+from vqgen.cli import positive_int
 
 
 def register(sub) -> None:
@@ -20,7 +11,7 @@ def register(sub) -> None:
                        description="Generate images for PROMPT with a text-to-image pipeline directory "
                                    "(default: the bundled shapes model), write them as PNGs and print where.")
     p.add_argument("prompt", metavar="PROMPT", help='the text prompt, e.g. "a red circle above a blue square"')
-    p.add_argument("-n", "--num", type=_positive, default=4, metavar="N", help="number of images (default 4)")
+    p.add_argument("-n", "--num", type=positive_int, default=4, metavar="N", help="number of images (default 4)")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="pipeline directory (pipeline.json + components); default: the bundled model")
     p.add_argument("--out", default="out", metavar="DIR", help="output folder (default ./out)")
@@ -29,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely codes (0 = off)")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling mass (1 = off)")
-    p.add_argument("--rerank", type=_positive, default=None, metavar="K",
+    p.add_argument("--rerank", type=positive_int, default=None, metavar="K",
                    help="draw K candidates per image and keep the reranker's best (needs a reranker; "
                         "default: the pipeline's, 8 for the bundled model; 1 = off)")
     p.add_argument("--super-resolution", action="store_true", help="upsample with the pipeline's superres model")

@@ -1,24 +1,11 @@
 """``vqgen serve``: run the HTTP API and web page for a text-to-image pipeline."""
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import sys
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+from vqgen.cli import positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -36,18 +23,18 @@ def register(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get("VQGEN_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every route but /health, the page and "
                         "the docs (default: $VQGEN_API_KEY, else no key)")
-    p.add_argument("--max-batch", type=_positive_int, default=8, metavar="N",
+    p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
                    help="most images sampled together in one loop (default 8)")
-    p.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
+    p.add_argument("--max-queue", type=positive_int, default=64, metavar="N",
                    help="most requests waiting; more are answered 429 (default 64)")
-    p.add_argument("--max-n", type=_positive_int, default=8, metavar="N",
+    p.add_argument("--max-n", type=positive_int, default=8, metavar="N",
                    help="most images one request may ask for (default 8)")
-    p.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="a request that has not finished by then is answered 504 (default 300)")
     p.add_argument("--batch-window-ms", type=float, default=10.0, metavar="MS",
                    help="how long an idle server waits for more requests to batch with the first "
                         "(default 10)")
-    p.add_argument("--url-ttl", type=_positive_float, default=3600.0, metavar="SECONDS",
+    p.add_argument("--url-ttl", type=positive_float, default=3600.0, metavar="SECONDS",
                    help="how long images answered as URLs stay downloadable (default 3600)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="server log level (default info)")

@@ -1,22 +1,12 @@
 """``vqgen tokenizer ...``: train, evaluate, pre-tokenize (encode) and decode with an image tokenizer."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from vqgen.cli import add_group, add_set_argument
+from vqgen.cli import add_group, add_set_argument, positive_int
 from vqgen.errors import ConfigError, VqgenError
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be positive")
-    return value
 
 
 def register(sub) -> None:
@@ -47,7 +37,7 @@ def register(sub) -> None:
                    help="which images: the run's held-out split (default), its training split, or all")
     p.add_argument("--fid-features", default=None, metavar="PATH",
                    help="feature network for rFID: a TorchScript file or a saved model directory")
-    p.add_argument("--batch-size", type=_positive, default=64, metavar="B", help="batch size (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="batch size (default 64)")
     p.add_argument("--device", default="auto", help="device (default: auto)")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the summary JSON here")
     p.set_defaults(func=_eval)
@@ -56,8 +46,8 @@ def register(sub) -> None:
     p.add_argument("run", metavar="RUN", help="a training run or a model directory")
     p.add_argument("--data", required=True, metavar="DIR", help="image folder")
     p.add_argument("--out", required=True, metavar="CODES", help="output code directory")
-    p.add_argument("--batch-size", type=_positive, default=64, metavar="B", help="batch size (default 64)")
-    p.add_argument("--shard-size", type=_positive, default=10000, metavar="N", help="records per shard (default 10000)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="batch size (default 64)")
+    p.add_argument("--shard-size", type=positive_int, default=10000, metavar="N", help="records per shard (default 10000)")
     p.add_argument("--device", default="auto", help="device (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_encode)
@@ -66,8 +56,8 @@ def register(sub) -> None:
     p.add_argument("run", metavar="RUN", help="a training run or a model directory")
     p.add_argument("--codes", required=True, metavar="CODES", help="code directory (from `tokenizer encode`)")
     p.add_argument("--out", required=True, metavar="DIR", help="output image folder")
-    p.add_argument("--limit", type=_positive, default=None, metavar="N", help="decode only the first N")
-    p.add_argument("--batch-size", type=_positive, default=64, metavar="B", help="batch size (default 64)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="decode only the first N")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="batch size (default 64)")
     p.add_argument("--device", default="auto", help="device (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_decode)

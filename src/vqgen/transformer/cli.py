@@ -1,20 +1,10 @@
 """``vqgen train``, ``vqgen probe`` and ``vqgen transformer presets``."""
 from __future__ import annotations
 
-import argparse
 import json
 
-from vqgen.cli import add_group, add_set_argument
+from vqgen.cli import add_group, add_set_argument, positive_int
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be positive")
-    return value
 
 
 def register(sub) -> None:
@@ -26,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset (see `vqgen transformer presets`); required for a new run")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (resumed if it exists)")
-    p.add_argument("--steps", type=_positive, default=None, metavar="N", help="total optimisation steps")
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N", help="total optimisation steps")
     p.add_argument("--text-tokenizer", default=None, metavar="PATH",
                    help="use this tokenizer.json instead of training a BPE on the captions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -36,7 +26,7 @@ def register(sub) -> None:
     p = sub.add_parser("probe", help="linear probe: frozen mean-pooled block features -> linear classifier accuracy")
     p.add_argument("run", metavar="RUN", help="training run directory (uses RUN/model) or a model directory")
     p.add_argument("--data", required=True, metavar="DIR", help="labelled code directory (vqgen tokenizer encode)")
-    p.add_argument("--layer", required=True, type=_positive, metavar="L", help="block whose output is probed (1-based)")
+    p.add_argument("--layer", required=True, type=positive_int, metavar="L", help="block whose output is probed (1-based)")
     p.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the train/test split (default 0)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="device (default cpu)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
