@@ -206,9 +206,17 @@ class TokenModel(nn.Module):
         return loss, {"image_loss": loss.detach()}
 
     # -- sampling ---------------------------------------------------------------------------
+    @property
+    def cache_len(self) -> int:
+        """Positions a full sample writes into the cache: a start slot and the image codes."""
+        return self.image_seq_len + 1
+
     def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
-        """A cache for ``batch`` rows, long enough for a full image by default."""
-        raise NotImplementedError
+        """A cache for ``batch`` rows, long enough for a full sample (``cache_len``) by default."""
+        c = self.config
+        device = device or self.head.weight.device
+        return KVCache(c.depth, batch, c.heads, max_len or self.cache_len, c.dim // c.heads,
+                       device=device, dtype=dtype or self.head.weight.dtype)
 
     def prefill(self, cond: Condition | None, cache: KVCache) -> torch.Tensor:
         """Write the condition (and prefix codes) into an empty cache; logits (B, V) for the next code."""

@@ -102,11 +102,9 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
         return self._run(codes, cond, layer)[:, self.text_len:]  # (B, N, D)
 
     # -- sampling -------------------------------------------------------------------------
-    def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
-        c = self.config
-        device = device or self.head.weight.device
-        return KVCache(c.depth, batch, c.heads, max_len or self.text_len + self.image_seq_len, c.dim // c.heads,
-                       device=device, dtype=dtype or self.head.weight.dtype)
+    @property
+    def cache_len(self) -> int:
+        return self.text_len + self.image_seq_len  # the text, then the image codes
 
     def _run_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         q_pos = cache.pos + torch.arange(x.shape[1], device=x.device)  # (T,)

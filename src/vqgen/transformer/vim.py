@@ -78,12 +78,6 @@ class VIM(TokenModel, PretrainedMixin):
         return x[:, 1:]  # (B, N, D): the outputs at the image codes
 
     # -- sampling -------------------------------------------------------------------------
-    def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
-        c = self.config
-        device = device or self.head.weight.device
-        return KVCache(c.depth, batch, c.heads, max_len or self.image_seq_len + 1, c.dim // c.heads,
-                       device=device, dtype=dtype or self.head.weight.dtype)
-
     def _run_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         q_pos = cache.pos + torch.arange(x.shape[1], device=x.device)  # (T,)
         mask = stream_mask(q_pos, cache.max_len)  # (T, T_max)
