@@ -32,9 +32,10 @@ from vqgen.serve.batcher import Batcher, Job, NotRunning, QueueFull, SamplingSet
 
 log = logging.getLogger("vqgen.serve")
 
-# Routes answered without the API key: health, the page shell and the API schema hold no data and
-# cost no sampling; image file URLs are unguessable expiring tokens, as OpenAI's signed URLs are.
-PUBLIC_PATHS = ("/health", "/", "/docs", "/redoc", "/openapi.json")
+# Routes answered without the API key: health; the page shell (static HTML with a key field: a
+# browser cannot send the header before the page has loaded); image file URLs are unguessable
+# expiring tokens, as OpenAI's signed URLs are. The API schema and docs need the key like the API.
+PUBLIC_PATHS = ("/health", "/")
 PUBLIC_PREFIXES = ("/v1/images/files/",)
 MAX_RERANK = 16
 # OpenAI request options with no vqgen meaning: named in the error instead of "unknown field".
