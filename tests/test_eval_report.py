@@ -69,9 +69,9 @@ class RenderingPipe:
                 spec = self.specs[prompt] if right else self.others[prompt]
                 images.append(to_tensor(render_spec(spec, size=32, seed=int(torch.randint(1000, (1,), generator=gen)))))
                 rows.append(prompt)
-        return type("Out", (), {"images": images, "prompts": rows})
+        return type("Out", (), {"images": images, "prompts": rows, "codes": None})
 
-    def score(self, images, texts):
+    def rerank_scores(self, images, codes, texts):
         from vqgen.eval.shapes import score
 
         return torch.tensor([float(score(im.permute(1, 2, 0).numpy(), self.specs[t]).passed)

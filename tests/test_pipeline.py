@@ -170,3 +170,25 @@ def test_class_conditional_pipeline(tmp_path):
         pipe("three")
     with pytest.raises(VqgenError, match="text-conditioned"):
         TextToImagePipeline(tok, model)
+
+
+def test_caption_perplexity_post_selection(tmp_path):
+    tok, model = tiny_components()
+    run = get_preset("transformer", "unified-tiny")
+    over = ["model.grid=4,4", "model.codebook_size=64", "model.dim=32", "model.mlp_dim=64", "model.depth=1",
+            "model.image_first=true"]
+    torch.manual_seed(1)
+    scorer = build_model(apply_overrides(run, over).model).eval()
+    scorer.text_tokenizer = model.text_tokenizer
+    pipe = TextToImagePipeline(tok, model, reranker=scorer)
+    prompts = ["a red circle", "two blue squares"]
+    out = pipe(prompts, num_images=2, rerank=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+    cands = pipe(prompts, num_images=6, rerank=1, generator=torch.Generator().manual_seed(0), output_type="pt")
+    nll = scorer.caption_nll(cands.codes, scorer.text_condition(cands.prompts)).view(4, 3)
+    assert torch.allclose(out.scores, -nll.min(1).values, atol=1e-5)  # the least caption perplexity is kept
+    pipe.save_pretrained(tmp_path / "p")
+    again = TextToImagePipeline.from_pretrained(tmp_path / "p")
+    assert again.reranker.config.image_first
+    with pytest.raises(VqgenError, match="text-after-image"):
+        TextToImagePipeline.from_components(tmp_path / "p" / "tokenizer", tmp_path / "p" / "transformer",
+                                            reranker=tmp_path / "p" / "transformer")

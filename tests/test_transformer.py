@@ -187,3 +187,31 @@ def test_deep_init_scales_residual_projections():
     std_proj = model.blocks[0].attn.proj.weight.std().item()
     std_qkv = model.blocks[0].attn.qkv.weight.std().item()
     assert std_proj == pytest.approx(0.02 / 4, rel=0.15) and std_qkv == pytest.approx(0.02, rel=0.1)
+
+
+def test_text_after_image_model_scores_captions_and_cannot_sample():
+    model = make("unified", image_first=True)
+    cond = cond_for(model)
+    codes = torch.randint(0, K, (2, *GRID), generator=torch.Generator().manual_seed(2))
+    out = model(codes, cond)
+    n = GRID[0] * GRID[1]
+    assert out.logits.shape == (2, n - 1, K) and out.text_logits.shape == (2, L, 50)
+    # causal: the caption never changes the image logits; the image changes the caption's
+    other = Condition(text_ids=cond.text_ids.roll(1, 1), text_mask=cond.text_mask)
+    assert torch.equal(model(codes, other).logits, out.logits)
+    changed = codes.clone()
+    changed[:, 0, 0] = (changed[:, 0, 0] + 1) % K
+    assert not torch.allclose(model(changed, cond).text_logits, out.text_logits)
+    # caption_nll = the text loss over each row's own caption tokens
+    nll = model.caption_nll(codes, cond)
+    logp = out.text_logits.log_softmax(-1).gather(-1, cond.text_ids[..., None])[..., 0]  # (2, L)
+    want = -(logp * cond.text_mask).sum(1) / cond.text_mask.sum(1)
+    assert torch.allclose(nll, want, atol=1e-5)
+    loss, parts = model.compute_loss(codes, cond)
+    assert torch.isfinite(loss) and {"image_loss", "text_loss"} <= set(parts)
+    with pytest.raises(VqgenError, match="cannot sample"):
+        model.prefill(cond, model.new_cache(2))
+    with pytest.raises(VqgenError, match="image_first"):
+        make("unified").caption_nll(codes, cond)
+    with pytest.raises(ConfigError, match="image_first"):
+        make("parti", image_first=True)

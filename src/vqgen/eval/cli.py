@@ -44,7 +44,8 @@ def register(sub) -> None:
                    help="with --model: draw N candidates per kept image and report the reranker's best against a "
                         "random pick of the same candidates (needs a pipeline with a reranker)")
     p.add_argument("--reranker", metavar="DIR", default=None,
-                   help="with --model: use this reranker (a model or `vqgen rerank train` run directory) instead of "
+                   help="with --model: use this reranker (a model or `vqgen rerank train` run directory, or a text-after-image "
+                        "unified model/run for CogView's caption-perplexity post-selection) instead of "
                         "the pipeline's own")
     p.add_argument("--temperature", type=float, default=None,
                    help="with --model: sampling temperature (default: the pipeline's)")
@@ -119,9 +120,18 @@ def _shapes_model(args) -> int:
     device = pick_device(args.device)
     pipe = TextToImagePipeline.from_pretrained(args.model, device=device)
     if args.reranker:
+        from pathlib import Path
+
+        from vqgen.io import load_pretrained
         from vqgen.rerank.train import load_reranker
 
-        reranker = load_reranker(args.reranker, device).eval()
+        root = Path(args.reranker)
+        model_dir = root / "model" if (root / "model" / "config.json").is_file() else root
+        meta = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
+        if meta.get("model_type") == "unified":  # a text-after-image model: caption-perplexity post-selection
+            reranker = load_pretrained(model_dir, device=device).eval()
+        else:
+            reranker = load_reranker(args.reranker, device).eval()
         pipe = TextToImagePipeline(pipe.tokenizer, pipe.transformer, reranker=reranker, superres=pipe.superres,
                                    defaults=pipe.defaults)
     guidance = parse_guidance(args.guidance) if args.guidance else (float(pipe.defaults.guidance_scale),)

@@ -156,7 +156,7 @@ def generate_and_score(pipe, suite: list[dict], settings: ReportSettings,
                 images = torch.stack(out.images)  # (chunk*K*N, 3, H, W)
                 rscores = None
                 if n_cand > 1:
-                    rscores = pipe.reranker.score(images.to(pipe.device), out.prompts)
+                    rscores = pipe.rerank_scores(images.to(pipe.device), out.codes, out.prompts)
                     rscores = rscores.view(-1, n_cand).cpu()  # (chunk*K, N)
                 for j, item in enumerate(items):
                     index = start + j

@@ -126,20 +126,25 @@ class Components:
         from vqgen.tokenizer.base import VQTokenizer
         from vqgen.transformer.base import TokenModel
 
-        def one(name: str, want: type | None):
+        def one(name: str, want: type | tuple[type, ...] | None):
             path = paths.get(name)
             if path is None:
                 return None
             model = load_pretrained(path, device=device)
             if want is not None and not isinstance(model, want):
-                raise VqgenError(f"{path} holds a {type(model).__name__}, not a {want.__name__} ({name})")
+                names = " or ".join(w.__name__ for w in (want if isinstance(want, tuple) else (want,)))
+                raise VqgenError(f"{path} holds a {type(model).__name__}, not a {names} ({name})")
             return model.eval()
 
         from vqgen.rerank import ClipReranker
         from vqgen.superres import SuperResolution
 
-        return Components(one("tokenizer", VQTokenizer), one("transformer", TokenModel),
-                          one("reranker", ClipReranker), one("superres", SuperResolution))
+        reranker = one("reranker", (ClipReranker, TokenModel))
+        if isinstance(reranker, TokenModel) and not getattr(reranker.config, "image_first", False):
+            raise VqgenError(f"{paths['reranker']}: a transformer reranker must be a text-after-image model "
+                             "(unified, image_first=true)")
+        return Components(one("tokenizer", VQTokenizer), one("transformer", TokenModel), reranker,
+                          one("superres", SuperResolution))
 
 
 def read_pipeline_json(directory: Path, pipeline_type: str) -> dict:
@@ -320,7 +325,7 @@ class TextToImagePipeline:
         images = self.decode(codes)  # (P*n*k, 3, H, W)
         scores = None
         if k > 1:
-            all_scores = self.reranker.score(images, rows).view(-1, k)  # (P*n, k)
+            all_scores = self.rerank_scores(images, codes, rows).view(-1, k)  # (P*n, k)
             best = all_scores.argmax(1)  # (P*n,)
             pick = torch.arange(best.shape[0], device=best.device) * k + best  # (P*n,)
             scores = all_scores.gather(1, best[:, None]).squeeze(1).cpu()  # (P*n,)
@@ -355,6 +360,17 @@ class TextToImagePipeline:
             generator = gens  # one per row; rows of a prompt share (and consume in order) its generator
         cond = self.transformer.text_condition(rows, device=self.device)
         return generate(self.transformer, cond, config=config, generator=generator, progress=progress)
+
+    @torch.no_grad()
+    def rerank_scores(self, images: torch.Tensor, codes: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Higher is better (N,): the CLIP reranker's similarity, or a text-after-image model's
+        negative caption perplexity (CogView's post-selection) — log-perplexity, same order."""
+        from vqgen.transformer.base import TokenModel
+
+        if isinstance(self.reranker, TokenModel):
+            cond = self.reranker.text_condition(prompts, device=self.device)
+            return -self.reranker.caption_nll(codes.to(self.device), cond)  # (N,)
+        return self.reranker.score(images, prompts)  # (N,)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -60,8 +60,10 @@ class TransformerConfig:
     text: TextConfig = field(default_factory=TextConfig)
     text_loss_weight: float = 0.125  # unified: loss = w * text + (1 - w) * image
     text_attention_bias: float = 0.0
+    image_first: bool = False  # unified: image codes then the caption (CogView's caption scorer; cannot sample)
 
     def __post_init__(self):
+        require(not self.image_first or self.family == "unified", "image_first", "only the unified family has it")
         require(self.dim > 0 and self.dim % self.heads == 0, "dim", f"{self.dim} must be divisible by heads={self.heads}")
         require(self.depth >= 1, "depth", "must be >= 1")
         require(self.mlp_dim >= 1, "mlp_dim", "must be >= 1")

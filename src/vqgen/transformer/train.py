@@ -331,7 +331,9 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
                 seed_everything(t.seed + 1000 * env.rank + step)
 
         logger = RunLogger(run_dir, enabled=env.is_main)
-        grids = SampleGrids(info, data, t.sample_rows, logger) if env.is_main and not t.fsdp else None
+        # no grids from a sharded model, nor from a text-after-image scorer (it cannot sample)
+        can_sample = not t.fsdp and not cfg.model.image_first
+        grids = SampleGrids(info, data, t.sample_rows, logger) if env.is_main and can_sample else None
         if env.is_main and t.fsdp:
             print("vqgen: no sample grids with train.fsdp=true (the model is sharded)")
         uni = unigram_loss(data.codes[data.train_idx], data.codes[data.val_idx], cfg.model.codebook_size)

@@ -9,6 +9,13 @@ text, learned 2D for the image) and their own output heads. Stream (L text slots
 The loss weighs the two parts: ``w * text + (1 - w) * image`` (``text_loss_weight``; ruDALL-E
 weighs image tokens 7:1). ``text_attention_bias`` adds CogView2's constant to the scores from
 image positions to text positions.
+
+With ``image_first=True`` the stream is reversed, CogView's text-after-image model::
+
+    [c_0 ... c_{N-1}, t_0 ... t_{L-2}]   predicts   [c_1 ... c_{N-1}] and [t_0 ... t_{L-1}]
+
+It cannot sample images from a text; it scores how well a caption fits an image
+(:meth:`Unified.caption_nll`, used for post-selection as a pipeline's reranker).
 """
 from __future__ import annotations
 
@@ -65,6 +72,11 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
         return stream_mask(q_pos, k_len, self.text_len, self.config.text_attention_bias)
 
     def _run(self, codes: torch.Tensor, cond: Condition, layers: int) -> torch.Tensor:
+        if self.config.image_first:
+            x = self.drop(torch.cat([self._embed(codes), self._text(cond)[:, :-1]], 1))  # (B, N + L - 1, D)
+            for blk in self.blocks[:layers]:
+                x = blk(x, causal=True)
+            return x
         x = self.drop(torch.cat([self._text(cond), self._embed(codes)], 1))  # (B, L + n, D)
         bias = self.config.text_attention_bias
         mask = self._mask(torch.arange(x.shape[1], device=x.device), x.shape[1]) if bias else None
@@ -75,6 +87,11 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
     def forward(self, codes: torch.Tensor, cond: Condition | None = None) -> TokenOutput:
         codes = self.flat_codes(codes)  # (B, N)
         cond = self.with_text(cond, codes.shape[0], codes.device)
+        if self.config.image_first:
+            x = self.norm(self._run(codes, cond, self.num_blocks))  # (B, N + L - 1, D)
+            n = codes.shape[1]
+            return TokenOutput(logits=self.head(x[:, : n - 1]).float(),  # (B, N - 1, V): c_1 .. c_{N-1}
+                               text_logits=self.text_head(x[:, n - 1:]).float())  # (B, L, Vt): t_0 .. t_{L-1}
         x = self.norm(self._run(codes[:, :-1], cond, self.num_blocks))  # (B, L + N - 1, D)
         L = self.text_len
         return TokenOutput(logits=self.head(x[:, L - 1:]).float(),  # (B, N, V)
@@ -84,8 +101,9 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
         codes = self.flat_codes(codes)
         cond = self.with_text(cond, codes.shape[0], codes.device)
         out = self(codes, cond)
-        image_loss = F.cross_entropy(out.logits.flatten(0, 1), codes.flatten())
-        targets = cond.text_ids[:, 1:].masked_fill(~cond.text_mask[:, 1:], -100)  # (B, L - 1)
+        first = 1 if self.config.image_first else 0  # text-first predicts every code, image-first all but c_0
+        image_loss = F.cross_entropy(out.logits.flatten(0, 1), codes[:, first:].flatten())
+        targets = self._text_targets(cond)  # (B, L - 1) or (B, L)
         if bool((targets >= 0).any()):
             text_loss = F.cross_entropy(out.text_logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         else:  # every row is the null text: nothing to predict
@@ -94,7 +112,32 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
         loss = w * text_loss + (1 - w) * image_loss
         return loss, {"image_loss": image_loss.detach(), "text_loss": text_loss.detach()}
 
+    def _text_targets(self, cond: Condition) -> torch.Tensor:
+        """Text ids the text head predicts, -100 where there is no caption token."""
+        if self.config.image_first:
+            return cond.text_ids.masked_fill(~cond.text_mask, -100)  # (B, L)
+        return cond.text_ids[:, 1:].masked_fill(~cond.text_mask[:, 1:], -100)  # (B, L - 1)
+
+    @torch.no_grad()
+    def caption_nll(self, codes: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Mean negative log-likelihood per caption token given the image (B,): lower fits better.
+
+        Needs ``image_first=True`` (the caption must come after the image in the stream)."""
+        if not self.config.image_first:
+            raise VqgenError("caption perplexity needs a text-after-image model (image_first=true)")
+        codes = self.flat_codes(codes)
+        cond = self.with_text(cond, codes.shape[0], codes.device)
+        logits = self(codes, cond).text_logits  # (B, L, Vt)
+        targets = self._text_targets(cond)  # (B, L)
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")  # (B, L)
+        return nll.sum(1) / (targets >= 0).sum(1).clamp(min=1)  # (B,)
+
+    def _no_sampling(self) -> None:
+        if self.config.image_first:
+            raise VqgenError("a text-after-image model (image_first=true) scores captions; it cannot sample images")
+
     def features(self, codes: torch.Tensor, layer: int, cond: Condition | None = None) -> torch.Tensor:
+        self._no_sampling()
         if not 1 <= layer <= self.num_blocks:
             raise VqgenError(f"layer must be in 1..{self.num_blocks}, got {layer}")
         codes = self.flat_codes(codes)
@@ -115,6 +158,7 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
         return self.head(self.norm(x[:, -1])).float()  # (B, V)
 
     def prefill(self, cond: Condition | None, cache: KVCache) -> torch.Tensor:
+        self._no_sampling()
         b, device = cache.batch_size, cache.pos.device
         cond = self.with_text(cond, b, device)
         prefix = cond.prefix_codes
