@@ -192,3 +192,19 @@ def test_caption_perplexity_post_selection(tmp_path):
     with pytest.raises(VqgenError, match="text-after-image"):
         TextToImagePipeline.from_components(tmp_path / "p" / "tokenizer", tmp_path / "p" / "transformer",
                                             reranker=tmp_path / "p" / "transformer")
+
+
+def test_load_reranker_takes_either_kind_and_refuses_others(tmp_path):
+    from vqgen.rerank.train import load_reranker
+
+    tok, model = tiny_components()
+    run = apply_overrides(get_preset("transformer", "unified-tiny"),
+                          ["model.grid=4,4", "model.codebook_size=64", "model.dim=32", "model.mlp_dim=64",
+                           "model.depth=1", "model.image_first=true"])
+    scorer = build_model(run.model).eval()
+    scorer.text_tokenizer = model.text_tokenizer
+    scorer.save_pretrained(tmp_path / "run" / "model")
+    assert load_reranker(tmp_path / "run").config.image_first
+    model.save_pretrained(tmp_path / "parti")
+    with pytest.raises(VqgenError, match="not a reranker"):
+        load_reranker(tmp_path / "parti")

@@ -120,18 +120,9 @@ def _shapes_model(args) -> int:
     device = pick_device(args.device)
     pipe = TextToImagePipeline.from_pretrained(args.model, device=device)
     if args.reranker:
-        from pathlib import Path
-
-        from vqgen.io import load_pretrained
         from vqgen.rerank.train import load_reranker
 
-        root = Path(args.reranker)
-        model_dir = root / "model" if (root / "model" / "config.json").is_file() else root
-        meta = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
-        if meta.get("model_type") == "unified":  # a text-after-image model: caption-perplexity post-selection
-            reranker = load_pretrained(model_dir, device=device).eval()
-        else:
-            reranker = load_reranker(args.reranker, device).eval()
+        reranker = load_reranker(args.reranker, device).eval()
         pipe = TextToImagePipeline(pipe.tokenizer, pipe.transformer, reranker=reranker, superres=pipe.superres,
                                    defaults=pipe.defaults)
     guidance = parse_guidance(args.guidance) if args.guidance else (float(pipe.defaults.guidance_scale),)

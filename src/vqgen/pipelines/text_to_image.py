@@ -126,23 +126,21 @@ class Components:
         from vqgen.tokenizer.base import VQTokenizer
         from vqgen.transformer.base import TokenModel
 
-        def one(name: str, want: type | tuple[type, ...] | None):
+        def one(name: str, want: type | None):
             path = paths.get(name)
             if path is None:
                 return None
             model = load_pretrained(path, device=device)
             if want is not None and not isinstance(model, want):
-                names = " or ".join(w.__name__ for w in (want if isinstance(want, tuple) else (want,)))
-                raise VqgenError(f"{path} holds a {type(model).__name__}, not a {names} ({name})")
+                raise VqgenError(f"{path} holds a {type(model).__name__}, not a {want.__name__} ({name})")
             return model.eval()
 
-        from vqgen.rerank import ClipReranker
+        from vqgen.rerank import check_reranker
         from vqgen.superres import SuperResolution
 
-        reranker = one("reranker", (ClipReranker, TokenModel))
-        if isinstance(reranker, TokenModel) and not getattr(reranker.config, "image_first", False):
-            raise VqgenError(f"{paths['reranker']}: a transformer reranker must be a text-after-image model "
-                             "(unified, image_first=true)")
+        reranker = one("reranker", None)
+        if reranker is not None:
+            check_reranker(reranker, paths["reranker"])
         return Components(one("tokenizer", VQTokenizer), one("transformer", TokenModel), reranker,
                           one("superres", SuperResolution))
 

@@ -73,12 +73,16 @@ def _holdout_every(run: str) -> int:
 
 def _eval(args) -> int:
     from vqgen.errors import VqgenError
+    from vqgen.rerank import ClipReranker
     from vqgen.rerank.evaluate import hard_negative_accuracy, retrieval_at_1, shapes_pick
     from vqgen.rerank.train import load_pairs, load_reranker
 
     if args.group < 2 or args.prompts < 1 or args.candidates < 2:
         raise VqgenError("--group and --candidates must be >= 2, --prompts >= 1")
     model = load_reranker(args.run)
+    if not isinstance(model, ClipReranker):
+        raise VqgenError(f"{args.run}: `vqgen rerank eval` measures CLIP rerankers; score a text-after-image "
+                         "model with `vqgen eval shapes --model PIPELINE --rerank N --reranker RUN`")
     summary: dict = {}
     if args.data:
         data = load_pairs(args.data, model.config.image_size, _holdout_every(args.run), show_progress=False)

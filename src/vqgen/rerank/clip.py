@@ -222,3 +222,14 @@ class ClipReranker(nn.Module, PretrainedMixin):
                              f"vocab_size {model.config.vocab_size}")
         model.text_tokenizer = tokenizer
         return model
+
+
+def check_reranker(model, where) -> object:
+    """``model`` if it can rerank: a :class:`ClipReranker`, or a text-after-image unified transformer
+    (``image_first=true``: CogView's caption-perplexity post-selection); else a one-line error."""
+    if isinstance(model, ClipReranker):
+        return model
+    if getattr(model, "model_type", None) == "unified" and getattr(model.config, "image_first", False):
+        return model
+    raise VqgenError(f"{where} holds a {type(model).__name__}, not a reranker (a CLIP reranker, or a "
+                     "text-after-image transformer: unified with image_first=true)")

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from vqgen.config import get_preset, load_config, register_preset, require, save_config
 from vqgen.errors import VqgenError
-from vqgen.io import replace_dir
+from vqgen.io import load_pretrained, replace_dir
 from vqgen.rerank.clip import FAMILY as MODEL_FAMILY
-from vqgen.rerank.clip import ClipConfig, ClipReranker
+from vqgen.rerank.clip import ClipConfig, ClipReranker, check_reranker
 from vqgen.rerank.evaluate import hard_negative_accuracy, retrieval_at_1
 from vqgen.rerank.negatives import perturb_caption
 from vqgen.runtime import (EpochBatches, RunLogger, latest_checkpoint, load_resume, pick_device, progress,
@@ -298,8 +298,9 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     return model, metrics
 
 
-def load_reranker(path: str | Path, device: str | torch.device = "cpu") -> ClipReranker:
-    """A reranker from a saved model directory or a run (``RUN/model``, else its latest checkpoint)."""
+def load_reranker(path: str | Path, device: str | torch.device = "cpu"):
+    """A reranker from a saved model directory or a run (``RUN/model``, else its latest checkpoint):
+    a :class:`ClipReranker` or a text-after-image transformer (see :func:`check_reranker`)."""
     path = Path(path)
     candidates = [path, path / "model"]
     ckpt = latest_checkpoint(path) if path.is_dir() else None
@@ -307,5 +308,5 @@ def load_reranker(path: str | Path, device: str | torch.device = "cpu") -> ClipR
         candidates.append(ckpt / "reranker")
     for c in candidates:
         if all((c / name).is_file() for name in ("config.json", "model.safetensors", TOKENIZER_NAME)):
-            return ClipReranker.from_pretrained(c, device=device)
+            return check_reranker(load_pretrained(c, device=device), c)
     raise VqgenError(f"{path} holds no reranker (looked for a saved model, RUN/model and RUN/checkpoints)")
