@@ -103,7 +103,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.96             # the seed's second-moment decay
-    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    optimizer: Literal["adamw", "adafactor", "sgd"] = "adamw"  # sgd: plain steps (linear in the gradient)
     grad_clip: float = 4.0          # the seed clips the gradient norm to 4.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     cond_dropout: float = 0.1       # rows replaced by the null condition (classifier-free guidance)
@@ -120,9 +120,13 @@ class TrainConfig:
     max_bad_steps: int = 20         # consecutive non-finite steps before the run stops
     seed: int = 0
     device: str = "auto"
+    init_from: str = ""             # start from this saved model directory (or run) with the same architecture
+    freeze: tuple[str, ...] = ()    # parameter-name glob patterns kept frozen, e.g. "blocks.*.attn.*"
 
     def __post_init__(self):
         require(self.steps >= 1, "train.steps", "must be >= 1")
+        require(all(isinstance(p, str) and p.strip() for p in self.freeze), "train.freeze",
+                "must be non-empty parameter-name patterns")
         require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         require(self.lr > 0, "train.lr", "must be > 0")
