@@ -23,6 +23,7 @@ FAMILY = "tokenizer"
 
 @dataclass(frozen=True)
 class OptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"  # sgd: plain steps, linear in the gradient (equivalence tests)
     batch_size: int = 32  # per process: the global batch is batch_size x world size
     lr: float = 1e-4
     betas: tuple[float, ...] = (0.9, 0.99)
