@@ -218,12 +218,37 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1], (3, H, W) or (N, 3, H, W) → uint8 arrays (H, W, 3) or (N, H, W, 3):
+    clamped, scaled by 255 and rounded — the one conversion every PNG and score goes through."""
+    if images.ndim not in (3, 4) or images.shape[-3] != 3:
+        raise VqgenError(f"expected (3, H, W) or (N, 3, H, W) image tensors, got {tuple(images.shape)}")
+    a = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)  # (..., 3, H, W)
+    return a.movedim(-3, -1).cpu().numpy()  # (..., H, W, 3)
+
+
 def to_pil(tensor: torch.Tensor) -> Image.Image:
     """A (3, H, W) tensor in [0, 1] to an RGB PIL image (values are clamped and rounded)."""
-    if tensor.ndim != 3 or tensor.shape[0] != 3:
+    if tensor.ndim != 3:
         raise VqgenError(f"expected a (3, H, W) image tensor, got {tuple(tensor.shape)}")
-    a = tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)  # (3, H, W)
-    return Image.fromarray(a.permute(1, 2, 0).cpu().numpy())
+    return Image.fromarray(to_uint8(tensor))
+
+
+def image_grid(images: list[Image.Image] | torch.Tensor, cols: int | None = None, pad: int = 2,
+               background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Images of one size (PIL images, or an (N, 3, H, W) tensor in [0, 1]) → one PIL grid,
+    ``cols`` wide (default: up to 8), ``pad`` pixels of ``background`` around every cell."""
+    if isinstance(images, torch.Tensor):
+        images = [Image.fromarray(a) for a in to_uint8(images)]
+    if not images:
+        raise VqgenError("no images to put in a grid")
+    cols = max(1, min(cols or 8, len(images)))
+    rows = -(-len(images) // cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), background)
+    for i, im in enumerate(images):
+        grid.paste(im, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
+    return grid
 
 
 @dataclass
