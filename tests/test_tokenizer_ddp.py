@@ -10,8 +10,11 @@ from vqgen.config import apply_overrides, get_preset
 from vqgen.data.folder import write_image_folder
 from vqgen.data.records import Record
 
-OVERRIDES = ["steps=3", "log_every=1", "sample_every=100", "ckpt_every=100", "holdout_every=0",
-             "optim.warmup_steps=0", "loss.ms_ssim=0.1"]
+from tests.tolerances import assert_same_sgd_step
+
+# one plain SGD step without clipping: the update is linear in the gradient (see tests/tolerances.py)
+OVERRIDES = ["steps=1", "log_every=1", "sample_every=100", "ckpt_every=100", "holdout_every=0",
+             "optim.warmup_steps=0", "loss.ms_ssim=0.1", "optim.name=sgd", "optim.grad_clip=0", "optim.lr=0.5"]
 
 
 def _free_port() -> int:
@@ -43,17 +46,14 @@ def test_ddp_two_ranks_equal_single_process_on_doubled_batch(tmp_path):
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # the ranks end with identical weights
 
+    from vqgen.runtime import seed_everything
     from vqgen.tokenizer.train import build_tokenizer, train_tokenizer
 
     cfg = apply_overrides(get_preset("tokenizer", "tiny"), OVERRIDES + ["optim.batch_size=8"])
     single = train_tokenizer(cfg, tmp_path / "data", tmp_path / "single", show_progress=False).state_dict()
-    init = build_tokenizer(cfg).state_dict()  # same seed → the weights both runs started from
-    torch.manual_seed(cfg.seed)
-    moved = False
-    for k in r0:
-        # the same global batch each step; only float summation order differs
-        assert torch.allclose(r0[k], single[k], atol=2e-5, rtol=1e-4), k
-        moved |= not torch.equal(r0[k], init[k])
-    assert moved
+    seed_everything(cfg.seed)
+    init = build_tokenizer(cfg).state_dict()  # the weights both runs started from
+    # the same global batch; only float summation order differs (8 images of 3x16x16 pixels per sum)
+    assert_same_sgd_step(r0, single, init, terms=8 * 3 * 16 * 16)
     ddp_rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
-    assert len(ddp_rows) == 4  # 3 steps + the final held-out eval, written by rank 0 only
+    assert len(ddp_rows) == 2  # 1 step + the final held-out eval, written by rank 0 only

@@ -117,8 +117,11 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
     if cfg.init_from:
         _load_weights(model, Path(cfg.init_from))
     params = model.decoder_parameters() if cfg.decoder_only else list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                            weight_decay=cfg.optim.weight_decay)
+    if cfg.optim.name == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr, betas=(0.0, 0.99)) if disc else None
     batches = EpochBatches(len(train_idx), cfg.optim.batch_size, seed=cfg.seed, rank=info.rank,

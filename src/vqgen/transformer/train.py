@@ -168,12 +168,14 @@ class LossModule(nn.Module):
 
 
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW (or Adafactor) with weight decay on matrices only."""
+    """AdamW (or Adafactor, or plain SGD) with weight decay on matrices only."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adafactor":
         return torch.optim.Adafactor(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
