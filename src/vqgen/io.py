@@ -69,6 +69,17 @@ def replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
         shutil.rmtree(old)
 
 
+def resolve_inside(directory: str | Path, sub: str) -> Path:
+    """``directory/sub`` resolved, or a one-line error when ``sub`` leads outside ``directory``
+    (an absolute path, ``..``, or a link out): a saved folder names only what it holds."""
+    base = Path(directory).resolve()
+    path = (base / sub).resolve()
+    if path != base and base not in path.parents:
+        raise VqgenError(f"{directory}: {sub!r} points outside the folder; a saved folder may only name "
+                         "its own sub-folders")
+    return path
+
+
 def register_model(model_type: str):
     """Class decorator: make a model loadable by ``load_pretrained`` from its ``model_type``."""
 
