@@ -22,7 +22,7 @@ def test_digits_and_shapes_commands(tmp_path, capsys):
     assert main(["data", "digits", "--out", str(tmp_path / "d"), "--size", "8", "--no-progress"]) == 0
     ds = ImageFolder(tmp_path / "d")
     assert len(ds) == 1797 and ds.class_names == DIGIT_WORDS and ds[5].text == DIGIT_WORDS[ds[5].label]
-    pytest.importorskip("vqgen.data.shapes")
+    pytest.importorskip("vqgen.shapes.dataset")
     capsys.readouterr()
     assert main(["data", "shapes", "--out", str(tmp_path / "s"), "--num", "6", "--size", "16", "--seed", "1",
                  "--no-progress"]) == 0

@@ -9,7 +9,7 @@ import torch
 
 from vqgen.cli import main
 from vqgen.config import apply_overrides, get_preset
-from vqgen.data.shapes import build_suite
+from vqgen.shapes.suite import build_suite
 from vqgen.errors import VqgenError
 from vqgen.eval.report import ReportSettings, evaluate_pipeline, parse_guidance, select_prompts, setting_rows
 from vqgen.pipelines import TextToImagePipeline
@@ -60,7 +60,7 @@ class RenderingPipe:
 
     def __call__(self, prompts, num_images, guidance_scale, generator, output_type, **_):
         from vqgen.data.image import to_tensor
-        from vqgen.data.shapes import render_spec
+        from vqgen.shapes.scenes import render_spec
 
         images, rows = [], []
         for prompt, gen in zip(prompts, generator):
@@ -72,7 +72,7 @@ class RenderingPipe:
         return type("Out", (), {"images": images, "prompts": rows, "codes": None})
 
     def rerank_scores(self, images, codes, texts):
-        from vqgen.eval.shapes import score
+        from vqgen.shapes.evaluator import score
 
         return torch.tensor([float(score(im.permute(1, 2, 0).numpy(), self.specs[t]).passed)
                              for im, t in zip(images, texts)])
@@ -196,7 +196,7 @@ def test_rerank_training_augmentation_degrades_the_chosen_fraction():
     """The reranker trained for these reports sees blurred, noisy images like generated ones
     (``RerankTrainConfig.augment``); the others pass through unchanged."""
     from vqgen.data.image import to_tensor
-    from vqgen.data.shapes import render_spec
+    from vqgen.shapes.scenes import render_spec
     from vqgen.rerank.train import degrade_batch
 
     clean = torch.stack([to_tensor(render_spec(s["spec"], size=32, seed=i)) for i, s in enumerate(build_suite()[:16])])

@@ -7,11 +7,14 @@ import torch
 from vqgen.cli import main
 from vqgen.config import ConfigError, get_preset
 from vqgen.data.image import to_tensor
-from vqgen.data.shapes import caption_of, render_spec, validate_spec, write_shapes_dataset
+from vqgen.shapes.captions import caption_of
+from vqgen.shapes.dataset import write_shapes_dataset
+from vqgen.shapes.scenes import render_spec
+from vqgen.shapes.vocabulary import validate_spec
 from vqgen.errors import VqgenError
 from vqgen.io import load_pretrained
 from vqgen.rerank import ClipConfig, ClipReranker
-from vqgen.rerank.negatives import perturb_caption, perturb_spec
+from vqgen.shapes.negatives import perturb_caption, perturb_spec
 from vqgen.rerank.train import contrastive_loss
 from vqgen.text.bpe import TextTokenizer
 

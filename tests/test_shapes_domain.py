@@ -1,12 +1,16 @@
 """The shapes domain: specs, captions, layouts, determinism, the held-out prompt suite, the writer."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vqgen.data.shapes import (CATEGORIES, COLORS, NUMBERS, PLURALS, RELATION_PHRASES, SHAPES, SIZES,
-                               SUITE_PATH, ShapesDataset, build_suite, caption_of, category_of, held_out_prompts,
-                               layout, load_suite, render_spec, sample_spec, validate_spec, write_shapes_dataset)
+from vqgen.shapes.captions import caption_of
+from vqgen.shapes.dataset import ShapesDataset, write_shapes_dataset
+from vqgen.shapes.scenes import layout, render_spec, sample_spec
+from vqgen.shapes.suite import SUITE_PATH, build_suite, held_out_prompts, load_suite
+from vqgen.shapes.vocabulary import (CATEGORIES, COLORS, NUMBERS, PLURALS, RELATION_PHRASES, SHAPES, SIZES,
+                                     category_of, validate_spec)
 from vqgen.errors import VqgenError
 
 # Every word a caption may use: canonical names only (no synonyms, no misspellings).
@@ -110,7 +114,7 @@ def test_render_draws_palette_colours_on_white():
 
 
 def test_suite_file_is_the_built_suite():
-    assert SUITE_PATH.is_file(), "run vqgen.data.shapes.write_suite() to write prompts/shapes_suite.jsonl"
+    assert SUITE_PATH.is_file(), "run vqgen.shapes.suite.write_suite() to write vqgen/prompts/shapes_suite.jsonl"
     lines = [json.loads(line) for line in SUITE_PATH.read_text().splitlines()]
     assert lines == build_suite()
     assert load_suite() == lines
@@ -173,14 +177,16 @@ def test_bad_dataset_arguments():
 
 def test_a_spec_that_cannot_be_placed_is_redrawn_not_fatal():
     # seed 0 scene 10909 first draws a spec with no room at 64 px (it used to stop `vqgen data shapes`)
-    from vqgen.data.shapes import ShapesDataset, validate_spec
+    from vqgen.shapes.dataset import ShapesDataset
+    from vqgen.shapes.vocabulary import validate_spec
     scene = ShapesDataset(11000, size=64, seed=0).scene(10909)
     validate_spec(scene.spec)
     assert scene.objects
 
 
 def test_paraphrase_suite_keeps_the_specs_and_uses_unseen_words(tmp_path):
-    from vqgen.data.shapes import ShapesDataset, load_suite, write_paraphrase_suite
+    from vqgen.shapes.dataset import ShapesDataset
+    from vqgen.shapes.suite import load_suite, write_paraphrase_suite
 
     assert write_paraphrase_suite(tmp_path / "p.jsonl") == len(load_suite())
     para, suite = load_suite(tmp_path / "p.jsonl"), load_suite()
@@ -189,5 +195,26 @@ def test_paraphrase_suite_keeps_the_specs_and_uses_unseen_words(tmp_path):
     train_words = {w for i in range(300) for w in ShapesDataset(300, seed=3).scene(i).caption.replace(",", "").split()}
     for p in para:
         assert set(p["prompt"].split()) - train_words, p["prompt"]  # every paraphrase has an unseen word
-    from vqgen.data.shapes import SUITE_PATH
+    from vqgen.shapes.suite import SUITE_PATH
     assert (tmp_path / "p.jsonl").read_text() == (SUITE_PATH.parent / "shapes_paraphrases.jsonl").read_text()
+
+
+def test_suite_files_ship_inside_the_package():
+    """The suites are package data of ``vqgen`` (a wheel carries them), and the code reads them from there."""
+    import fnmatch
+    import tomllib
+    from importlib.resources import files
+
+    import vqgen
+    from vqgen.shapes.suite import PARAPHRASES_PATH, SUITE_PATH
+
+    package = files("vqgen")
+    for path in (SUITE_PATH, PARAPHRASES_PATH):
+        resource = package.joinpath("prompts", path.name)
+        assert resource.is_file(), path.name
+        assert Path(str(resource)).resolve() == path
+    pyproject = Path(vqgen.__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.is_file():  # a source checkout: the package-data globs name the files
+        globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["vqgen"]
+        rel = SUITE_PATH.relative_to(Path(vqgen.__file__).resolve().parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), (rel, globs)

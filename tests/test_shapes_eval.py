@@ -7,9 +7,13 @@ import pytest
 from PIL import Image
 
 from vqgen.cli import main
-from vqgen.data.shapes import COLORS, SHAPES, ShapesDataset, load_suite, render_spec, write_shapes_dataset
+from vqgen.shapes.dataset import ShapesDataset, write_shapes_dataset
+from vqgen.shapes.scenes import render_spec
+from vqgen.shapes.suite import load_suite
+from vqgen.shapes.vocabulary import COLORS, SHAPES
 from vqgen.errors import VqgenError
-from vqgen.eval.shapes import degrade, detect, score, score_folder
+from vqgen.shapes.evaluate import score_folder
+from vqgen.shapes.evaluator import degrade, detect, score
 
 SUITE = load_suite()
 
@@ -161,8 +165,8 @@ def test_folder_errors_and_skipped_rows(tmp_path, capsys):
 def test_tokenizer_round_trip_scores_renders_before_and_after(capsys):
     import torch
 
-    from vqgen.data.shapes import load_suite
-    from vqgen.eval.shapes import tokenizer_round_trip
+    from vqgen.shapes.suite import load_suite
+    from vqgen.shapes.evaluate import tokenizer_round_trip
 
     class Identity:  # a perfect tokenizer: the round trip keeps every render as it is
         class config:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from vqgen.cli import main
 from vqgen.config import ConfigError, get_preset
-from vqgen.data.shapes import write_shapes_dataset
+from vqgen.shapes.dataset import write_shapes_dataset
 from vqgen.eval.metrics import psnr
 from vqgen.io import load_pretrained
 from vqgen.superres import SuperResConfig, SuperResolution
@@ -42,7 +42,7 @@ def test_config_validation():
 
 def test_overfits_a_few_images_above_bicubic(tmp_path):
     from vqgen.data.image import to_tensor
-    from vqgen.data.shapes import ShapesDataset
+    from vqgen.shapes.dataset import ShapesDataset
 
     torch.manual_seed(0)
     high = torch.stack([to_tensor(r.image) for r in ShapesDataset(4, size=48, seed=3)])  # (4, 3, 48, 48)

@@ -71,7 +71,7 @@ def register(sub) -> None:
 
 
 def _shapes(args) -> int:
-    from vqgen.data.shapes import write_shapes_dataset
+    from vqgen.shapes.dataset import write_shapes_dataset
 
     summary = write_shapes_dataset(args.out, args.num, args.size, args.seed, progress=not args.no_progress)
     print(f"wrote {summary.get('num', args.num)} shapes images ({args.size}x{args.size}) to {args.out}")

@@ -70,7 +70,7 @@ def _shapes(args) -> int:
         return _shapes_model(args)
     if args.tokenizer is not None:
         return _shapes_tokenizer(args)
-    from vqgen.eval.shapes import score_folder, write_results
+    from vqgen.shapes.evaluate import score_folder, write_results
 
     result = score_folder(args.images, progress=not args.no_progress)
     print(f"{'category':<10} {'n':>6} {'accuracy':>9}")
@@ -88,9 +88,9 @@ def _shapes(args) -> int:
 
 
 def _shapes_tokenizer(args) -> int:
-    from vqgen.data.shapes import load_suite
+    from vqgen.shapes.suite import load_suite
     from vqgen.eval.report import select_prompts
-    from vqgen.eval.shapes import tokenizer_round_trip
+    from vqgen.shapes.evaluate import tokenizer_round_trip
     from vqgen.io import load_pretrained
 
     tokenizer = load_pretrained(args.tokenizer)
@@ -105,7 +105,7 @@ def _shapes_tokenizer(args) -> int:
 
 
 def _shapes_model(args) -> int:
-    from vqgen.data.shapes import load_suite
+    from vqgen.shapes.suite import load_suite
     from vqgen.errors import VqgenError
     from vqgen.eval.report import (ReportSettings, evaluate_pipeline, markdown_tables, parse_guidance,
                                    select_prompts)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from vqgen.data.shapes import CATEGORIES
+from vqgen.shapes.vocabulary import CATEGORIES
 from vqgen.errors import VqgenError
 
 REPORT_NAME = "report.md"
@@ -132,7 +132,7 @@ def generate_and_score(pipe, suite: list[dict], settings: ReportSettings,
     (random and best picks only). Images of a prompt depend only on ``seed``, the prompt's index
     and the guidance scale, not on ``batch``.
     """
-    from vqgen.eval.shapes import score
+    from vqgen.shapes.evaluator import score
     from vqgen.runtime import progress
 
     n_cand = settings.candidates

@@ -74,7 +74,7 @@ def _holdout_every(run: str) -> int:
 def _eval(args) -> int:
     from vqgen.errors import VqgenError
     from vqgen.rerank import ClipReranker
-    from vqgen.rerank.evaluate import hard_negative_accuracy, retrieval_at_1, shapes_pick
+    from vqgen.shapes.rerank_eval import hard_negative_accuracy, retrieval_at_1, shapes_pick
     from vqgen.rerank.train import load_pairs, load_reranker
 
     if args.group < 2 or args.prompts < 1 or args.candidates < 2:

@@ -4,7 +4,7 @@ The run trains a BPE tokenizer on the training captions (``RUN/tokenizer.json``)
 encoder with a symmetric InfoNCE loss and a learned temperature. Pairs with identical captions
 in a batch count as positives of each other (soft targets), so repeated captions are not pushed
 apart. With ``hard_negatives`` > 0 each image also meets one-edit perturbations of its caption
-(:func:`~vqgen.rerank.negatives.perturb_caption`) as extra texts in the image → text softmax.
+(:func:`~vqgen.shapes.negatives.perturb_caption`) as extra texts in the image → text softmax.
 
 Every ``holdout_every``-th pair is held out: ``metrics.jsonl`` gets the held-out caption → image
 R@1 among ``retrieval_group`` images and the hard-negative accuracy. The final model goes to
@@ -26,8 +26,8 @@ from vqgen.errors import VqgenError
 from vqgen.io import load_pretrained, replace_dir
 from vqgen.rerank.clip import FAMILY as MODEL_FAMILY
 from vqgen.rerank.clip import ClipConfig, ClipReranker, check_reranker
-from vqgen.rerank.evaluate import hard_negative_accuracy, retrieval_at_1
-from vqgen.rerank.negatives import perturb_caption
+from vqgen.shapes.rerank_eval import hard_negative_accuracy, retrieval_at_1
+from vqgen.shapes.negatives import perturb_caption
 from vqgen.runtime import (EpochBatches, RunLogger, latest_checkpoint, load_resume, pick_device, progress,
                            rng_state, save_checkpoint, seed_everything, set_rng_state)
 from vqgen.text.bpe import TOKENIZER_NAME, TextTokenizer

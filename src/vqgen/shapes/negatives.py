@@ -11,8 +11,9 @@ import copy
 
 import numpy as np
 
-from vqgen.data.shapes import COLORS, NUMBERS, PLURALS, SHAPES, caption_of, validate_spec
 from vqgen.errors import VqgenError
+from vqgen.shapes.captions import caption_of
+from vqgen.shapes.vocabulary import COLORS, NUMBERS, PLURALS, SHAPES, validate_spec
 
 _SINGULAR = {p: s for s, p in PLURALS.items()}
 _COUNT_WORDS = {w: n for n, w in NUMBERS.items() if n > 1}

@@ -1,12 +1,16 @@
-"""How well a reranker ranks: held-out retrieval, hard-negative accuracy, and picks judged by the
-exact ``shapes`` evaluator.
+"""How well a reranker ranks on ``shapes`` data: held-out retrieval, hard-negative accuracy, and
+picks judged by the exact evaluator.
+
+``model`` is any dual encoder with ``encode_images``, ``encode_texts`` and ``score(images, prompt)``
+(:class:`vqgen.rerank.clip.ClipReranker`); this module does not import it, so the domain stays
+below the rerankers that train on it.
 
 - ``retrieval_at_1``: captions → images among groups of ``group`` held-out pairs; a hit is an image
   whose caption equals the query (duplicated captions count as right).
 - ``hard_negative_accuracy``: how often an image scores its own caption above a one-edit
-  perturbation of it (:func:`~vqgen.rerank.negatives.perturb_caption`).
+  perturbation of it (:func:`~vqgen.shapes.negatives.perturb_caption`).
 - ``shapes_pick``: for prompts of the held-out suite, render the prompt's spec and ``n - 1``
-  distractor specs, let the reranker pick one, and ask :func:`vqgen.eval.shapes.score` whether
+  distractor specs, let the reranker pick one, and ask :func:`vqgen.shapes.evaluator.score` whether
   the pick satisfies the prompt.
 """
 from __future__ import annotations
@@ -17,24 +21,23 @@ import numpy as np
 import torch
 
 from vqgen.errors import VqgenError
-from vqgen.rerank.clip import ClipReranker
-from vqgen.rerank.negatives import perturb_caption, perturb_spec
+from vqgen.shapes.negatives import perturb_caption, perturb_spec
 
 
 @torch.no_grad()
-def _embed_images(model: ClipReranker, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def _embed_images(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     return torch.cat([model.encode_images(images[i:i + batch_size].float() / 255.0
                                           if images.dtype == torch.uint8 else images[i:i + batch_size])
                       for i in range(0, len(images), batch_size)])  # (N, E)
 
 
 @torch.no_grad()
-def _embed_texts(model: ClipReranker, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+def _embed_texts(model, texts: list[str], batch_size: int = 256) -> torch.Tensor:
     return torch.cat([model.encode_texts(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
 
 
 @torch.no_grad()
-def retrieval_at_1(model: ClipReranker, images: torch.Tensor, texts: list[str], group: int = 32) -> float:
+def retrieval_at_1(model, images: torch.Tensor, texts: list[str], group: int = 32) -> float:
     """Caption → image R@1 within consecutive groups of ``group`` pairs (images uint8 or [0, 1])."""
     n = (len(texts) // group) * group
     if n == 0:
@@ -49,7 +52,7 @@ def retrieval_at_1(model: ClipReranker, images: torch.Tensor, texts: list[str], 
 
 
 @torch.no_grad()
-def hard_negative_accuracy(model: ClipReranker, images: torch.Tensor, texts: list[str], seed: int = 0) -> float:
+def hard_negative_accuracy(model, images: torch.Tensor, texts: list[str], seed: int = 0) -> float:
     """Fraction of images whose own caption scores above a one-edit perturbation of it."""
     rng = np.random.default_rng(seed)
     pairs = [(i, perturb_caption(t, rng)) for i, t in enumerate(texts)]
@@ -78,7 +81,7 @@ class PickResult:
 
 
 @torch.no_grad()
-def shapes_pick(model: ClipReranker, num_prompts: int = 100, candidates: int = 8, distractors: str = "hard",
+def shapes_pick(model, num_prompts: int = 100, candidates: int = 8, distractors: str = "hard",
                 size: int = 64, seed: int = 0) -> PickResult:
     """Pick one of ``candidates`` renders per suite prompt and judge it with the exact evaluator.
 
@@ -88,8 +91,9 @@ def shapes_pick(model: ClipReranker, num_prompts: int = 100, candidates: int = 8
     from sklearn.metrics import roc_auc_score
 
     from vqgen.data.image import to_tensor
-    from vqgen.data.shapes import load_suite, render_spec
-    from vqgen.eval.shapes import score as exact_score
+    from vqgen.shapes.evaluator import score as exact_score
+    from vqgen.shapes.scenes import render_spec
+    from vqgen.shapes.suite import load_suite
 
     if distractors not in ("hard", "random"):
         raise VqgenError(f"distractors must be 'hard' or 'random', got {distractors!r}")

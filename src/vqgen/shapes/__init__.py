@@ -1,0 +1,38 @@
+"""The ``shapes`` domain: procedural scenes of coloured shapes, their captions, a held-out prompt
+suite and an exact evaluator. A domain is one package; a later ``motion/`` (video) sits beside it
+with the same modules.
+
+    vocabulary   words, palette, sizes, relations, categories; the scene *spec* and its checks
+    captions     spec -> canonical caption, and paraphrases in words training never uses
+    scenes       random specs, layout with gaps, anti-aliased rendering
+    suite        the held-out prompt suite (files in ``vqgen/prompts/``, shipped with the package)
+    dataset      ``ShapesDataset`` (records) and ``write_shapes_dataset`` (an image folder)
+    evaluator    image + spec -> verdict by classical image analysis (no learned model)
+    evaluate     a folder of images scored; a tokenizer's round-trip ceiling
+    negatives    one-edit hard negatives of a caption or spec
+    rerank_eval  how well a reranker ranks: retrieval, hard negatives, picks judged by the evaluator
+
+Lower layers only: the domain imports ``vqgen.data`` (records, image folders) and nothing that
+trains or generates. The names below load on first use (``vqgen --help`` does not pay for them).
+"""
+import importlib
+
+_EXPORTS = {
+    "validate_spec": "vqgen.shapes.vocabulary",
+    "category_of": "vqgen.shapes.vocabulary",
+    "caption_of": "vqgen.shapes.captions",
+    "render_spec": "vqgen.shapes.scenes",
+    "build_suite": "vqgen.shapes.suite",
+    "load_suite": "vqgen.shapes.suite",
+    "ShapesDataset": "vqgen.shapes.dataset",
+    "write_shapes_dataset": "vqgen.shapes.dataset",
+    "score": "vqgen.shapes.evaluator",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vqgen.shapes' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

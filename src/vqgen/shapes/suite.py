@@ -1,0 +1,106 @@
+"""The held-out prompt suite of the ``shapes`` domain and the files it ships as.
+
+:func:`build_suite` is deterministic; the files under ``vqgen/prompts/`` (installed with the
+package) are its output (:func:`write_suite`) and its paraphrases (:func:`write_paraphrase_suite`).
+:class:`~vqgen.shapes.dataset.ShapesDataset` never emits one of the suite's prompts as a caption.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from vqgen.errors import VqgenError
+from vqgen.shapes.captions import caption_of, paraphrase_of
+from vqgen.shapes.scenes import sample_spec
+from vqgen.shapes.vocabulary import COLORS, SHAPES, category_of, validate_spec
+
+# Prompts per category in the suite besides ``single``, which holds one size variant of every
+# shape/colour pair (18 of the 54 single captions; the other caption spaces are far larger).
+SUITE_SIZES = {"count": 36, "relation": 70, "binding": 60, "multi": 70}
+SUITE_SEED = 0
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"  # installed as package data of vqgen
+SUITE_PATH = PROMPTS_DIR / "shapes_suite.jsonl"
+PARAPHRASES_PATH = PROMPTS_DIR / "shapes_paraphrases.jsonl"
+
+
+def build_suite(seed: int = SUITE_SEED) -> list[dict]:
+    """The held-out prompt suite: ``{"prompt", "category", "spec"}`` per prompt (deterministic).
+
+    ``single`` holds one size variant of every shape/colour pair; the other categories hold
+    ``SUITE_SIZES[category]`` distinct random prompts each.
+    """
+    rng = np.random.default_rng(seed)
+    suite: list[dict] = []
+    for shape in SHAPES:
+        for color in COLORS:
+            size = (None, "small", "large")[rng.integers(3)]
+            suite.append(_suite_item({"objects": [{"shape": shape, "color": color, "count": 1, "size": size}],
+                                      "relations": []}))
+    for category, num in SUITE_SIZES.items():
+        seen: set[str] = set()
+        while len(seen) < num:
+            item = _suite_item(sample_spec(rng, category))
+            if item["category"] == category and item["prompt"] not in seen:
+                seen.add(item["prompt"])
+                suite.append(item)
+    return suite
+
+
+def _suite_item(spec: dict) -> dict:
+    return {"prompt": caption_of(spec), "category": category_of(spec), "spec": spec}
+
+
+def write_suite(path: str | Path = SUITE_PATH, seed: int = SUITE_SEED) -> int:
+    """Write :func:`build_suite` as JSON lines; returns the number of prompts."""
+    from vqgen.io import atomic_write_text
+
+    suite = build_suite(seed)
+    atomic_write_text(Path(path), "".join(json.dumps(item) + "\n" for item in suite))
+    return len(suite)
+
+
+def write_paraphrase_suite(path: str | Path, seed: int = SUITE_SEED) -> int:
+    """The suite's specs with :func:`paraphrase_of` prompts, as JSON lines; returns the number of prompts."""
+    from vqgen.io import atomic_write_text
+
+    items = [{"prompt": paraphrase_of(item["spec"]), "category": item["category"], "spec": item["spec"]}
+             for item in build_suite(seed)]
+    atomic_write_text(Path(path), "".join(json.dumps(item) + "\n" for item in items))
+    return len(items)
+
+
+def load_suite(path: str | Path | None = None) -> list[dict]:
+    """Read a prompt suite file (default: :data:`SUITE_PATH`, ``vqgen/prompts/shapes_suite.jsonl``).
+
+    Without ``path``, an installation that lacks the file gets :func:`build_suite` (same content).
+    Every spec is validated; a bad line is an error naming the line.
+    """
+    if path is None and not SUITE_PATH.is_file():
+        return build_suite()
+    path = Path(path or SUITE_PATH)
+    if not path.is_file():
+        raise VqgenError(f"prompt suite {path} does not exist")
+    suite = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise VqgenError("expected an object with a 'prompt' string")
+            spec = validate_spec(item.get("spec"))
+        except (ValueError, VqgenError) as e:
+            raise VqgenError(f"{path}:{lineno}: {e}") from None
+        suite.append({"prompt": item["prompt"], "category": item.get("category") or category_of(spec),
+                      "spec": spec})
+    return suite
+
+
+@lru_cache(maxsize=4)
+def held_out_prompts(seed: int = SUITE_SEED) -> frozenset[str]:
+    """The suite's prompts: captions the training data never uses."""
+    return frozenset(item["prompt"] for item in build_suite(seed))
+
