@@ -1,5 +1,7 @@
+import gzip
 import io
 import json
+import random
 import tarfile
 from collections import Counter
 
@@ -111,3 +113,90 @@ def test_shard_listing(tmp_path):
         list_shards(str(tmp_path / "s" / "{00000..00004}.tar"))
     with pytest.raises(VqgenError, match="no .tar"):
         list_shards(tmp_path)
+
+
+# Damaged shards: tarfile ends an archive at a header it cannot read, so without the checks in
+# vqgen.data.tarstream every later sample vanished and `data check` said "0 skipped".
+PNG = encode(Image.new("RGB", (4, 4), (9, 9, 9)))
+
+
+def tar_bytes(num_samples: int, first: int = 0) -> tuple[bytes, dict[str, int]]:
+    """A shard of samples KEY.png, KEY.txt, KEY.json; returns its bytes and each member's offset."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(first, first + num_samples):
+            for ext, data in (("png", PNG), ("txt", f"caption {i}".encode()), ("json", b'{"label": 1}')):
+                add(tar, f"{i:04d}.{ext}", data)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        offsets = {m.name: m.offset for m in tar.getmembers()}
+    return buf.getvalue(), offsets
+
+
+def check_summary(path, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["data", "check", str(path), "--no-progress"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("member,skipped_keys", [
+    ("0004.txt", ["0004"]),  # inside a sample: that sample is incomplete
+    ("0004.png", ["0003", "0004"]),  # between samples: either side may miss a file
+    ("0000.png", ["0000"]),  # the very first header
+    ("0009.json", ["0009"]),  # the last member
+], ids=["inside-sample", "between-samples", "first-header", "last-member"])
+def test_random_header_mid_shard_is_counted_and_reading_resumes(tmp_path, capsys, member, skipped_keys):
+    raw, offsets = tar_bytes(10)
+    raw = bytearray(raw)
+    raw[offsets[member]:offsets[member] + 512] = random.Random(member).randbytes(512)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "00000.tar").write_bytes(raw)
+    ds = ShardDataset(tmp_path / "s", rank=0, world_size=1)
+    good = [r.key.split(":")[1] for r in ds]
+    assert sorted(good + skipped_keys) == [f"{i:04d}" for i in range(10)]  # nothing lost uncounted
+    assert dict(ds.skipped) == {"bad_tar_header": len(skipped_keys)}
+    assert [k for k, _, _ in ds.problems] == [f"00000.tar:{k}" for k in skipped_keys]
+    assert f"from offset {offsets[member]}" in ds.problems[0][2]
+    summary = check_summary(tmp_path / "s", capsys)
+    assert summary["good"] == 10 - len(skipped_keys) and summary["skipped"] == {"bad_tar_header": len(skipped_keys)}
+
+
+@pytest.mark.parametrize("cut,good", [
+    (lambda o: o["0004.txt"] + 600, 4),  # inside a member's data
+    (lambda o: o["0004.txt"] + 100, 4),  # inside a header
+    (lambda o: o["0005.png"], 4),  # at a member boundary: no end-of-archive block, sample 4 may miss files
+    (lambda o: o["0005.png"] - 200, 4),  # inside the padding after a member
+], ids=["in-data", "in-header", "at-boundary", "in-padding"])
+def test_truncated_shard_counted_once(tmp_path, capsys, cut, good):
+    raw, offsets = tar_bytes(10)
+    shard = tmp_path / "00000.tar"
+    shard.write_bytes(raw[:cut(offsets)])
+    ds = ShardDataset(shard, rank=0, world_size=1)
+    assert len(list(ds)) == good
+    assert dict(ds.skipped) == {"truncated_shard": 1} and ds.problems[0][0] == "00000.tar:0004"
+    assert check_summary(shard, capsys)["skipped"] == {"truncated_shard": 1}
+
+
+def test_whole_shards_read_whole(tmp_path):
+    """Concatenated tars (zero blocks, then more headers) and gzip shards lose nothing and count nothing."""
+    first, _ = tar_bytes(3)
+    second, _ = tar_bytes(2, first=3)
+    (tmp_path / "cat.tar").write_bytes(first + second)
+    (tmp_path / "gz.tar").write_bytes(gzip.compress(first))
+    ds = ShardDataset([tmp_path / "cat.tar", tmp_path / "gz.tar"], rank=0, world_size=1)
+    assert len(list(ds)) == 5 + 3 and not ds.skipped
+
+
+def test_damage_counted_once_across_ranks(tmp_path):
+    """Fewer shards than readers: every rank scans the shard, and a damaged sample is counted by its owner."""
+    raw, offsets = tar_bytes(9)
+    raw = bytearray(raw)
+    raw[offsets["0005.txt"]:offsets["0005.txt"] + 512] = bytes(range(256)) * 2
+    (tmp_path / "x.tar").write_bytes(raw)
+    (tmp_path / "y.tar").write_bytes(b"\x00garbage" * 100)
+    total, keys = Counter(), []
+    for rank in range(2):
+        ds = ShardDataset([tmp_path / "x.tar", tmp_path / "y.tar"], rank=rank, world_size=2)
+        keys += [r.key for r in ds]
+        total += ds.skipped
+    assert len(keys) == len(set(keys)) == 8 and total == {"bad_tar_header": 1, "bad_shard": 1}

@@ -35,8 +35,13 @@ SKIP_REASONS = {
     "missing_image": "a sample has no image (no .jpg/.png/... member)",
     "bad_metadata": "a metadata line is not a JSON object with a usable file_name, or has non-UTF-8 bytes",
     "bad_label": "the label is not a non-negative integer (or is outside classes.json)",
-    "duplicate": "a file name appears more than once in the metadata",
-    "bad_shard": "a tar shard (or one of its members) cannot be read",
+    "duplicate": "a file name appears more than once in the metadata (or in one tar sample)",
+    "bad_shard": "a tar shard cannot be opened or holds no readable member (counted once a shard)",
+    "bad_tar_header": "unreadable bytes (a damaged tar header) in a shard: the samples either side are "
+                      "skipped, as either may miss a file; reading resumes at the next valid header",
+    "truncated_shard": "the tar shard was cut short (inside a member, or no end-of-archive block): "
+                       "its last sample is skipped, as it may miss a file",
+    "unreadable_file": "an image file cannot be read (a symlink loop, no permission, not a regular file)",
 }
 
 RESAMPLE = {

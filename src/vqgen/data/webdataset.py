@@ -3,7 +3,8 @@
 A shard is a tar of samples that share a key: ``KEY.jpg|png|webp`` (the image), ``KEY.txt``
 (the caption) and/or ``KEY.json`` (img2dataset's metadata; ``caption``/``text`` and ``label`` are
 read from it, the other fields become ``Record.meta``) and optionally ``KEY.cls`` (a class label).
-The ``webdataset`` library reads the tars; this module splits them so every sample is read
+The ``webdataset`` library opens the tars and groups members into samples, ``tarstream`` reads
+the members and accounts for damage; this module splits the shards so every sample is read
 exactly once across ``torchrun`` ranks and DataLoader workers, and decodes samples into Records.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vqgen.data.image import DEFAULT_MAX_PIXELS, SkipRecord, decode_caption, decode_image, decode_label
 from vqgen.data.records import Record
+from vqgen.data.tarstream import MARKER, ShardError, tar_members
 from vqgen.errors import VqgenError
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,10 @@ class ShardDataset(IterableDataset):
 
     Bad samples are skipped and counted by reason in ``skipped`` (of the process that iterates:
     with DataLoader workers each worker has its own, and each logs its counts at the end of a pass).
+    Damaged tars lose nothing uncounted (:mod:`vqgen.data.tarstream`): a shard that cannot be
+    read counts once as ``bad_shard``; a damaged header skips the samples either side of it
+    (``bad_tar_header``) and reading resumes after it; a cut-off shard skips its last sample
+    (``truncated_shard``).
     """
 
     def __init__(self, shards: str | Path | list, size: int | None = None, require_text: bool = False,
@@ -111,15 +117,41 @@ class ShardDataset(IterableDataset):
         if len(self.problems) < 1000:
             self.problems.append((key, reason, detail))
 
-    def _on_tar_error(self, exn: Exception) -> bool:
-        """webdataset's handler: a broken tar (or member) is counted, and reading goes on."""
-        if not self._count_tar_errors:
-            return True
-        where = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), "?")
-        self._count(Path(where).name, "bad_shard", f"{type(exn).__name__}: {exn.args[0] if exn.args else ''}")
+    def _count_shard(self, url: str, reason: str, detail: str) -> None:
+        """A problem of a whole shard (not of a sample): counted by one reader only."""
+        if self._count_tar_errors:
+            self._count(Path(url).name, reason, detail)
+
+    def _members(self, urls: list[str]):
+        """Every member of every shard (``{}`` after each shard, as webdataset's expander does)."""
+        for url in urls:
+            try:
+                stream = wds.gopen(url)
+            except Exception as e:  # webdataset's opener raises whatever its backend does
+                self._count_shard(url, "bad_shard", f"cannot open: {type(e).__name__}: {e}")
+                continue
+            try:
+                yield from tar_members(stream, url)
+            except ShardError as e:
+                self._count_shard(url, "bad_shard", str(e))
+            finally:
+                try:
+                    stream.close()
+                except Exception as e:  # a ``pipe:`` command that exited with an error status
+                    self._count_shard(url, "bad_shard", f"{type(e).__name__}: {e}")
+            yield {}
+
+    def _on_group_error(self, exn: Exception) -> bool:
+        """webdataset's ``group_by_keys`` handler: a file name twice in a sample (the copy is dropped)."""
+        message = str(exn.args[0]) if exn.args else type(exn).__name__
+        if self._count_tar_errors:
+            self._count(message.split(":")[0], "duplicate", message)
         return True
 
     def _decode(self, sample: dict, key: str) -> Record:
+        if MARKER in sample:
+            reason, _, detail = sample[MARKER].decode().partition("\t")
+            raise SkipRecord(reason, detail)
         meta: dict = {}
         text_raw, label_raw = sample.get("txt"), None
         if "json" in sample:
@@ -149,7 +181,7 @@ class ShardDataset(IterableDataset):
         by_shard = len(urls) >= readers
         mine = urls[reader::readers] if by_shard else urls
         self._count_tar_errors = by_shard or reader == 0  # every reader sees every tar otherwise
-        samples = wds.tariterators.tarfile_samples([{"url": u} for u in mine], handler=self._on_tar_error)
+        samples = wds.tariterators.group_by_keys(self._members(mine), handler=self._on_group_error)
         before = Counter(self.skipped)
         for n, sample in enumerate(samples):
             if not by_shard and n % readers != reader:
