@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vqgen.errors import VqgenError
-from vqgen.eval.metrics import (extract_features, feature_stats, fid, frechet_distance, load_feature_extractor,
-                                ms_ssim, ms_ssim_levels, psnr, ssim)
+from vqgen.metrics.fid import extract_features, feature_stats, fid, frechet_distance, load_feature_extractor
+from vqgen.metrics.reconstruction import ms_ssim, ms_ssim_levels, psnr, ssim
 
 
 def test_psnr_known_values():

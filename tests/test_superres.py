@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from vqgen.cli import main
 from vqgen.config import ConfigError, get_preset
 from vqgen.shapes.dataset import write_shapes_dataset
-from vqgen.eval.metrics import psnr
+from vqgen.metrics.reconstruction import psnr
 from vqgen.io import load_pretrained
 from vqgen.superres import SuperResConfig, SuperResolution
 

@@ -88,7 +88,7 @@ def test_tiny_model_overfits(folder, seeded):
                            "optim.warmup_steps=10", "log_every=1000", "sample_every=1000", "ckpt_every=1000"])
     sub = type(data)(images=data.images[:8], texts=data.texts[:8], labels=data.labels[:8], metas=data.metas[:8],
                      keys=data.keys[:8], class_names=None, skipped=data.skipped)
-    from vqgen.eval.metrics import psnr
+    from vqgen.metrics.reconstruction import psnr
     from vqgen.tokenizer.train import build_tokenizer
 
     torch.manual_seed(cfg.seed)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from vqgen.config import get_preset, load_config, register_preset, require, save_config
 from vqgen.errors import VqgenError
-from vqgen.eval.metrics import ms_ssim, psnr, ssim
+from vqgen.metrics.reconstruction import ms_ssim, psnr, ssim
 from vqgen.io import replace_dir
 from vqgen.runtime import (EpochBatches, RunLogger, latest_checkpoint, load_resume, pick_device, progress,
                            rng_state, save_checkpoint, seed_everything, set_rng_state)

@@ -119,7 +119,7 @@ RESUME_OVERRIDES = ("time_limit_min", "cpu_limit_min")  # what a resumed run may
 
 def _eval(args) -> int:
     from vqgen.config import load_config
-    from vqgen.eval.metrics import load_feature_extractor
+    from vqgen.metrics.fid import load_feature_extractor
     from vqgen.runtime import pick_device
     from vqgen.tokenizer.config import TokenizerTrainConfig
     from vqgen.tokenizer.data import holdout_split, load_image_set

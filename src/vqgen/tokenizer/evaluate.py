@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from vqgen.eval.metrics import FeatureFn, fid, ms_ssim, ms_ssim_levels, psnr, ssim
+from vqgen.metrics.fid import FeatureFn, fid
+from vqgen.metrics.reconstruction import ms_ssim, ms_ssim_levels, psnr, ssim
 from vqgen.tokenizer.base import VQTokenizer
 from vqgen.tokenizer.quantizer import code_histogram, codebook_stats
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from vqgen.config import require
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.eval.metrics import ms_ssim
+from vqgen.metrics.reconstruction import ms_ssim
 
 LOGIT_LAPLACE_EPS = 0.1
 

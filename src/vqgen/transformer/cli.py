@@ -53,7 +53,7 @@ def _train(args) -> int:
 
 
 def _probe(args) -> int:
-    from vqgen.eval.probe import probe_run
+    from vqgen.metrics.probe import probe_run
 
     res = probe_run(args.run, args.data, args.layer, device=args.device, seed=args.seed)
     if args.json:
