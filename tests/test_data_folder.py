@@ -1,5 +1,7 @@
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +140,33 @@ def test_check_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "bad" / "metadata.jsonl").write_text("")
     assert main(["data", "check", str(tmp_path / "bad")]) == 2
     assert "classes.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_unreadable_entries_without_metadata_are_counted(tmp_path, monkeypatch, capsys):
+    """Symlink loops, dangling links, FIFOs and unlistable subfolders used to vanish uncounted."""
+    root, elsewhere = tmp_path / "set", tmp_path / "elsewhere"
+    for folder in ("cat", "dog", "locked"):
+        (root / folder).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / folder / "ok.png")
+    elsewhere.mkdir()
+    Image.new("RGB", (4, 4)).save(elsewhere / "linked.png")
+    (root / "cat" / "loop.png").symlink_to("loop.png")  # ELOOP
+    (root / "cat" / "gone.png").symlink_to("nowhere.png")
+    os.mkfifo(root / "dog" / "pipe.png")  # never opened: reading it would block
+    (root / "dog" / "folder.png").mkdir()  # a folder with an image suffix is no record
+    (root / "dog" / "elsewhere").symlink_to(elsewhere)  # symlinked folders are followed
+    (root / "dog" / "back").symlink_to(root)  # ... each real folder once
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    ds = ImageFolder(root)
+    assert sorted(r[-1] for r in ds._rows) == ["cat/ok.png", "dog/elsewhere/linked.png", "dog/ok.png"]
+    assert dict(ds.skipped) == {"unreadable_file": 3, "missing_file": 1}
+    assert sorted(k for k, _, _ in ds.problems) == ["cat/gone.png", "cat/loop.png", "dog/pipe.png", "locked"]
+    assert main(["data", "check", str(root), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == dict(sorted(ds.skipped.items()))

@@ -12,6 +12,7 @@ its first-level subfolder when all images sit in subfolders.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -150,6 +151,8 @@ class ImageFolder(Dataset):
             names = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise VqgenError(f"{path} is not valid JSON: {e}") from None
+        except OSError as e:
+            raise VqgenError(f"cannot read {path}: {e.strerror or e}") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise VqgenError(f"{path} must be a JSON list of class names")
         return names
@@ -157,7 +160,10 @@ class ImageFolder(Dataset):
     def _read_metadata(self) -> list[tuple[str, dict | SkipRecord]]:
         """``(key, row)`` per non-blank line; ``row`` is a SkipRecord for a line that cannot be used."""
         out = []
-        raw_lines = (self.root / METADATA_NAME).read_bytes().split(b"\n")
+        try:
+            raw_lines = (self.root / METADATA_NAME).read_bytes().split(b"\n")
+        except OSError as e:
+            raise VqgenError(f"cannot read {self.root / METADATA_NAME}: {e.strerror or e}") from None
         for lineno, raw in enumerate(raw_lines, 1):
             if not raw.strip():
                 continue
@@ -180,8 +186,27 @@ class ImageFolder(Dataset):
         return out
 
     def _scan(self) -> list[tuple[str, dict]]:
-        """No metadata.jsonl: every image file below root; label = first-level subfolder if all have one."""
-        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        """No metadata.jsonl: every entry with an image suffix below root (symlinked subfolders are
+        followed, each real folder read once); label = first-level subfolder if all have one.
+
+        Entries that turn out unreadable (symlink loops, no permission, FIFOs) are counted when
+        decoded; a subfolder that cannot be listed counts once as ``unreadable_file`` here."""
+        def unlisted(e: OSError) -> None:
+            if Path(e.filename) == self.root:
+                raise VqgenError(f"cannot read {self.root}: {e.strerror or e}")
+            self.skipped["unreadable_file"] += 1
+            self.problems.append((Path(e.filename).relative_to(self.root).as_posix(), "unreadable_file",
+                                  f"cannot list the folder: {e.strerror or e}"))
+
+        files, seen = [], set()
+        for folder, subfolders, names in os.walk(self.root, onerror=unlisted, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:  # a symlink back to a folder already read
+                subfolders[:] = []
+                continue
+            seen.add(real)
+            files += [Path(folder, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+        files.sort()
         if not files:
             raise VqgenError(f"{self.root} holds no {METADATA_NAME} and no image files")
         rel = [p.relative_to(self.root) for p in files]

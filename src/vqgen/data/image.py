@@ -7,7 +7,7 @@ and :func:`decode_caption`; both raise :class:`SkipRecord` with one of the stabl
 from __future__ import annotations
 
 import io
-import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +66,29 @@ def _decode_error_reason(e: Exception) -> str:
     return "truncated" if isinstance(e, EOFError) or "truncat" in str(e).lower() else "corrupt"
 
 
+def _read_file(path: Path) -> bytes:
+    """An image file's bytes; a missing or unreadable path (a symlink loop, no permission, a
+    folder or FIFO) is a SkipRecord, and nothing but a regular file is ever opened."""
+    try:
+        info = path.stat()  # follows symlinks: ELOOP for a loop, ENOENT for a dangling one
+    except (FileNotFoundError, NotADirectoryError):
+        raise SkipRecord("missing_file", str(path)) from None
+    except OSError as e:
+        raise SkipRecord("unreadable_file", f"{path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SkipRecord("unreadable_file", f"{path}: not a regular file")
+    if info.st_size == 0:
+        raise SkipRecord("empty_file", str(path))
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SkipRecord("unreadable_file", f"{path}: {e.strerror or e}") from None
+
+
 def _open(data: bytes | str | Path, max_pixels: int) -> Image.Image:
     """Open (header only) and enforce the pixel limit before any pixel is decoded."""
     if isinstance(data, (str, Path)):
-        path = Path(data)
-        if not path.is_file():
-            raise SkipRecord("missing_file", str(path))
-        if os.path.getsize(path) == 0:
-            raise SkipRecord("empty_file", str(path))
-        data = path.read_bytes()
+        data = _read_file(Path(data))
     if len(data) == 0:
         raise SkipRecord("empty_file")
     # PIL's own bomb check (a warning past Image.MAX_IMAGE_PIXELS, an error past twice that) is
