@@ -10,24 +10,42 @@ A run directory looks like::
     RUN/samples/               PNG grids
     RUN/checkpoints/step-000100/{<component>/config.json, <component>/model.safetensors, resume.pt}
     RUN/checkpoints/latest     name of the newest complete checkpoint
+    RUN/data.json              records read and skipped (by reason) by the run's data reader
+
+The lifecycle every trainer shares is a handful of plain functions, called in this order:
+:func:`resolve_run_config` (new run, or the saved config with harmless changes),
+:func:`report_skips`, :func:`resume_from` (newest readable checkpoint, falling back past corrupt
+ones; ``metrics.jsonl`` cut back to it), then per step :class:`Limits` and :func:`save_checkpoint`,
+and at the end :func:`save_final`. Learning-rate schedules are :func:`lr_factor`.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fnmatch
 import json
+import math
 import os
+import pickle
 import random
 import shutil
+import time
+import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from vqgen.errors import VqgenError
-from vqgen.io import atomic_torch_save, atomic_write_text
+from vqgen.config import from_dict, get_preset, load_config, save_config, to_dict, apply_overrides
+from vqgen.errors import ConfigError, VqgenError
+from vqgen.io import CONFIG_NAME, WEIGHTS_NAME, atomic_torch_save, atomic_write_json, atomic_write_text, replace_dir
+
+C = TypeVar("C")
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- devices, ranks
@@ -196,7 +214,7 @@ class RunLogger:
             if isinstance(v, torch.Tensor):
                 v = v.item()
             row[k] = v
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.run_dir / METRICS_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k, v in row.items():
@@ -230,6 +248,7 @@ def progress(iterable=None, total: int | None = None, desc: str = "", enabled: b
 
 # ----------------------------------------------------------------------------- checkpoints
 RESUME_NAME = "resume.pt"
+METRICS_NAME = "metrics.jsonl"
 
 
 def save_checkpoint(run_dir: str | Path, step: int, components: dict[str, Any], resume: dict[str, Any],
@@ -272,8 +291,280 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+class CheckpointError(VqgenError):
+    """A checkpoint file that cannot be read: truncated, corrupt, or refused by ``weights_only``."""
+
+
+def _reason(e: BaseException) -> str:
+    """One line saying why a file could not be read (torch's weights_only errors run to 20 lines)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    pick = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+    return f"{type(e).__name__}: {pick}"[:200]
+
+
 def load_resume(checkpoint: str | Path, map_location="cpu") -> dict:
-    return torch.load(Path(checkpoint) / RESUME_NAME, map_location=map_location, weights_only=True)
+    """A checkpoint's ``resume.pt`` (plain tensors and containers only); CheckpointError if unreadable."""
+    path = Path(checkpoint) / RESUME_NAME
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path} cannot be read ({_reason(e)})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path} does not hold a resume state")
+    return state
+
+
+def load_weights(module: torch.nn.Module, directory: str | Path) -> None:
+    """Load ``directory/model.safetensors`` into ``module`` strictly; CheckpointError if it cannot be."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    path = Path(directory) / WEIGHTS_NAME
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    try:
+        load_model(module, str(path), strict=True, device=str(device))
+    except (SafetensorError, RuntimeError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} cannot be loaded ({_reason(e)})") from None
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's checkpoint directories, newest first (the one ``latest`` names leads)."""
+    done = sorted((p for p in (Path(run_dir) / "checkpoints").glob("step-*") if p.is_dir()), reverse=True)
+    latest = latest_checkpoint(run_dir)
+    if latest in done:
+        done.remove(latest)
+        done.insert(0, latest)
+    return done
+
+
+def resume_from(run_dir: str | Path, restore: Callable[[Path, dict], None], is_main: bool = True) -> dict | None:
+    """Resume a run from its newest usable checkpoint; returns that checkpoint's resume state.
+
+    ``restore(checkpoint, state)`` loads the trainer's weights (raising CheckpointError, e.g. from
+    :func:`load_weights`, when a file is corrupt). A corrupt checkpoint falls back to the one
+    before, saying so in one line; none usable is a VqgenError; no checkpoint at all returns None.
+    ``metrics.jsonl`` is cut back to what was logged when the checkpoint was written.
+    """
+    bad: list[str] = []
+    for ckpt in checkpoints(run_dir):
+        try:
+            state = load_resume(ckpt)
+            restore(ckpt, state)
+        except CheckpointError as e:
+            bad.append(f"{ckpt.name} ({e})")
+            continue
+        if is_main:
+            if bad:
+                print(f"vqgen: resuming from {ckpt.name}: newer checkpoint {'; '.join(bad)} is unusable")
+            truncate_metrics(run_dir, state)
+        return state
+    if bad:
+        raise VqgenError(f"{run_dir}: no usable checkpoint ({bad[0]}"
+                         + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + "); use a new --out to start over")
+    return None
+
+
+def truncate_metrics(run_dir: str | Path, state: dict) -> None:
+    """Drop ``metrics.jsonl`` rows logged after the checkpoint ``state`` was written (no step twice)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return
+    if "metrics_bytes" in state:
+        with open(path, "r+b") as f:
+            f.truncate(min(int(state["metrics_bytes"]), os.path.getsize(path)))
+        return
+    keep = []  # a checkpoint from before byte offsets were recorded: keep rows up to its step
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if line.endswith("\n") and int(json.loads(line)["step"]) <= int(state["step"]):
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(keep))
+
+
+def metrics_bytes(run_dir: str | Path) -> int:
+    """The current length of ``metrics.jsonl`` (recorded in every resume state)."""
+    path = Path(run_dir) / METRICS_NAME
+    return path.stat().st_size if path.is_file() else 0
+
+
+def save_final(model, out: str | Path) -> Path:
+    """``model.save_pretrained`` into a temporary folder, then swapped into ``out`` in one rename."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    replace_dir(tmp, out)
+    return out
+
+
+def model_dir(path: str | Path, component: str = "model") -> Path:
+    """A saved model directory: ``path`` itself, a run's ``RUN/model``, or its latest checkpoint's component."""
+    path = Path(path)
+    candidates = [path, path / "model"]
+    ckpt = latest_checkpoint(path) if path.is_dir() else None
+    if ckpt is not None:
+        candidates.append(ckpt / component)
+    for c in candidates:
+        if (c / CONFIG_NAME).is_file() and (c / WEIGHTS_NAME).is_file():
+            return c
+    raise VqgenError(f"{path} holds no saved model (looked for a model directory, RUN/model and RUN/checkpoints)")
+
+
+# ----------------------------------------------------------------------------- run config
+HARMLESS_FIELDS = frozenset({"steps", "ckpt_every", "log_every", "sample_every", "eval_every", "val_every",
+                             "time_limit_min", "cpu_limit_min"})
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_changes(old, new) -> list[tuple[str, Any, Any]]:
+    """``(dotted field, old value, new value)`` for every field where two configs differ."""
+    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def requested_config(cls: type[C], family: str, run_dir: str | Path, preset: str | None,
+                     overrides: list[str]) -> C:
+    """What a command line asks for: ``preset`` + overrides; with no preset, an existing RUN's
+    saved config + overrides."""
+    saved = Path(run_dir) / CONFIG_NAME
+    if preset:
+        return apply_overrides(get_preset(family, preset), overrides)
+    if saved.is_file():
+        return apply_overrides(load_config(cls, saved), overrides)
+    raise ConfigError("--preset is required to start a new run")
+
+
+def resolve_run_config(run_dir: str | Path, requested: C, fitted: tuple[str, ...] = ()) -> tuple[C, bool]:
+    """(config, resuming): ``requested`` for a new RUN; for an existing one its saved config.
+
+    Values are compared, not how they were given: the harmless fields (:data:`HARMLESS_FIELDS`:
+    steps, intervals, time limits) take the requested values; any other difference is a one-line
+    ConfigError naming the field and both values. ``fitted`` names fields the trainer sets from
+    the data, which are not compared here.
+    """
+    saved = Path(run_dir) / CONFIG_NAME
+    if not saved.is_file():
+        return requested, False
+    old = load_config(type(requested), saved)
+    merged = to_dict(old)
+    for name, was, now in config_changes(old, requested):
+        if any(name == f or name.startswith(f + ".") for f in fitted):
+            continue
+        if name.rsplit(".", 1)[-1] not in HARMLESS_FIELDS:
+            raise ConfigError(f"{run_dir} was trained with {name}={json.dumps(was)}, this command asks for "
+                              f"{json.dumps(now)}; a resumed run may change only {', '.join(sorted(HARMLESS_FIELDS))} "
+                              "(use a new --out to start over)")
+        *parents, leaf = name.split(".")
+        node = merged
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = now
+    return from_dict(type(requested), merged), True
+
+
+def save_run_config(cfg, run_dir: str | Path) -> None:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(run_dir) / CONFIG_NAME)
+
+
+# ----------------------------------------------------------------------------- data, limits, schedules
+DATA_NAME = "data.json"
+
+
+def report_skips(run_dir: str | Path, source, records: int, skipped, is_main: bool = True) -> dict[str, float]:
+    """Print and record (``RUN/data.json``) the records a run's data reader kept and skipped, by
+    reason; returns them as a flat metrics row (``data/records``, ``data/skipped/<reason>``)."""
+    skipped = dict(sorted(Counter(skipped).items()))
+    total = sum(skipped.values())
+    if is_main:
+        detail = ", ".join(f"{k}: {v}" for k, v in skipped.items())
+        print(f"vqgen: {source}: {records} records" + (f", {total} skipped ({detail})" if total else ", none skipped"))
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(run_dir) / DATA_NAME, {"source": str(source), "records": records,
+                                                      "skipped": skipped, "skipped_total": total})
+    return {"data/records": records, "data/skipped": total, **{f"data/skipped/{k}": v for k, v in skipped.items()}}
+
+
+class Limits:
+    """Wall-clock and CPU-time budgets (minutes, 0 = none) that continue across resumes."""
+
+    def __init__(self, time_limit_min: float = 0.0, cpu_limit_min: float = 0.0, state: dict | None = None):
+        self.time_limit_min, self.cpu_limit_min = time_limit_min, cpu_limit_min
+        state = state or {}
+        self._t0 = time.perf_counter() - float(state.get("elapsed", 0.0))
+        self._c0 = time.process_time() - float(state.get("cpu_elapsed", 0.0))
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    @property
+    def cpu_elapsed(self) -> float:
+        return time.process_time() - self._c0
+
+    def reached(self, step: int | None = None) -> bool:
+        """True once a budget is spent (saying so in one line when ``step`` is given)."""
+        hit = ((self.time_limit_min > 0 and self.elapsed >= self.time_limit_min * 60)
+               or (self.cpu_limit_min > 0 and self.cpu_elapsed >= self.cpu_limit_min * 60))
+        if hit and step is not None:
+            print(f"vqgen: time limit reached at step {step}; saving a checkpoint")
+        return hit
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self.elapsed, "cpu_elapsed": self.cpu_elapsed}
+
+
+def lr_factor(step: int, steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0,
+              schedule: str = "cosine", decay_start: int = 0) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine or exponential decay to ``min_lr_ratio``
+    at ``steps`` (exponential from ``decay_start``), or ``constant``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    start = max(warmup_steps, decay_start if schedule == "exponential" else warmup_steps)
+    if step < start:
+        return 1.0
+    frac = min(1.0, (step - start) / max(1, steps - start))
+    if schedule == "cosine":
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    if schedule == "exponential":
+        return min_lr_ratio ** frac
+    raise ConfigError(f"unknown learning-rate schedule {schedule!r} (cosine, exponential, constant)")
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+# ----------------------------------------------------------------------------- init_from, freezing
+def freeze(model: torch.nn.Module, patterns: tuple[str, ...] | list[str]) -> list[str]:
+    """Turn off ``requires_grad`` of every parameter whose name matches a glob pattern; returns
+    their names. A pattern that matches nothing is a ConfigError (a typo must not train all)."""
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ConfigError(f"freeze pattern {pat!r} matches no parameter (names look like {names[0]!r})")
+    frozen = []
+    for n, p in model.named_parameters():
+        if any(fnmatch.fnmatchcase(n, pat) for pat in patterns):
+            p.requires_grad_(False)
+            frozen.append(n)
+    return frozen
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -14,8 +14,9 @@ def register(sub) -> None:
                       description="Stage 1: images ⇄ grids of discrete codes.")
 
     p = group.add_parser("train", help="train a tokenizer on an image folder (resumes an existing RUN)",
-                         description="Train a tokenizer. On an existing RUN it continues from the latest "
-                                     "checkpoint with the run's saved config. Under `torchrun` it trains with DDP.")
+                         description="Train a tokenizer. On an existing RUN the same command continues from the "
+                                     "latest checkpoint with the run's saved config (only steps, intervals and time "
+                                     "limits may change). Under `torchrun` it trains with DDP.")
     p.add_argument("--data", required=True, metavar="DIR", help="image folder (metadata.jsonl + images)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset (tiny, tiny-cnn, emoji, emoji-plain, emoji-cnn, small, base, large, "
@@ -90,31 +91,15 @@ def hf_text_encoder(directory: str):
 
 
 def _train(args) -> int:
-    from vqgen.config import apply_overrides, get_preset, load_config
+    from vqgen.runtime import requested_config
     from vqgen.tokenizer.config import TokenizerTrainConfig
     from vqgen.tokenizer.train import train_tokenizer
 
-    run = Path(args.out)
-    saved = run / "config.json"
-    if saved.is_file():
-        cfg = load_config(TokenizerTrainConfig, saved)
-        bad = [o for o in args.overrides if o.split("=", 1)[0].strip() not in RESUME_OVERRIDES]
-        if bad:
-            raise ConfigError(f"{run} exists: it resumes with its saved config, so only --steps and --set "
-                              f"{'/'.join(RESUME_OVERRIDES)} may change (got {bad[0]!r}); pick a new --out")
-        cfg = apply_overrides(cfg, args.overrides)
-    else:
-        if not args.preset:
-            raise ConfigError("--preset is required for a new run")
-        cfg = apply_overrides(get_preset("tokenizer", args.preset), args.overrides)
-    if args.steps is not None:
-        cfg = apply_overrides(cfg, [f"steps={args.steps}"])
+    steps = [f"steps={args.steps}"] if args.steps is not None else []
+    cfg = requested_config(TokenizerTrainConfig, "tokenizer", args.out, args.preset, list(args.overrides) + steps)
     text_encoder = hf_text_encoder(args.text_encoder) if args.text_encoder else None
-    train_tokenizer(cfg, args.data, run, text_encoder=text_encoder, show_progress=not args.no_progress)
+    train_tokenizer(cfg, args.data, args.out, text_encoder=text_encoder, show_progress=not args.no_progress)
     return 0
-
-
-RESUME_OVERRIDES = ("time_limit_min", "cpu_limit_min")  # what a resumed run may change besides --steps
 
 
 def _eval(args) -> int:

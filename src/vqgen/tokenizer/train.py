@@ -7,22 +7,18 @@ final model at ``RUN/model/``. Called again on the same RUN it continues from th
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_model
 
-from vqgen.config import load_config, save_config
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.io import CONFIG_NAME, WEIGHTS_NAME
-from vqgen.runtime import (EpochBatches, RunLogger, autocast, cleanup_distributed, init_distributed,
-                           latest_checkpoint, load_resume, progress, rng_state, save_checkpoint,
-                           seed_everything, set_rng_state, unwrap)
+from vqgen.runtime import (EpochBatches, Limits, RunLogger, autocast, cleanup_distributed, init_distributed,
+                           load_weights, lr_factor, metrics_bytes, model_dir, progress, report_skips,
+                           resolve_run_config, resume_from, rng_state, save_checkpoint, save_final,
+                           save_run_config, seed_everything, set_lr, set_rng_state, unwrap)
 from vqgen.tokenizer.base import VQTokenizer
 from vqgen.tokenizer.cnn_vqgan import CNNVQGAN
 from vqgen.tokenizer.config import TokenizerTrainConfig
@@ -39,18 +35,6 @@ TextEncoder = Callable[[list[str]], torch.Tensor]  # captions → embeddings (N,
 def build_tokenizer(cfg: TokenizerTrainConfig) -> VQTokenizer:
     """A fresh tokenizer of the architecture ``cfg.arch``."""
     return ViTVQGAN(cfg.vit) if cfg.arch == "vit_vqgan" else CNNVQGAN(cfg.cnn)
-
-
-def _lr_lambda(cfg: TokenizerTrainConfig) -> Callable[[int], float]:
-    warmup, total, floor = cfg.optim.warmup_steps, max(cfg.steps, 1), cfg.optim.min_lr_ratio
-
-    def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return fn
 
 
 def _conditions(cfg: TokenizerTrainConfig, data: ImageSet, text_encoder: TextEncoder | None) -> torch.Tensor | None:
@@ -74,23 +58,17 @@ def _conditions(cfg: TokenizerTrainConfig, data: ImageSet, text_encoder: TextEnc
     return None
 
 
-def _resolve_config(cfg: TokenizerTrainConfig, run_dir: Path) -> TokenizerTrainConfig:
-    """A run that exists keeps its saved config (only ``steps`` and the time limits follow ``cfg``)."""
-    saved = run_dir / CONFIG_NAME
-    if not saved.is_file():
-        return cfg
-    old = load_config(TokenizerTrainConfig, saved)
-    return replace(old, steps=cfg.steps, time_limit_min=cfg.time_limit_min, cpu_limit_min=cfg.cpu_limit_min)
-
-
 def train_tokenizer(cfg: TokenizerTrainConfig, data_dir: str | Path, run_dir: str | Path,
                     text_encoder: TextEncoder | None = None, data: ImageSet | None = None,
                     show_progress: bool = True) -> VQTokenizer:
-    """Train (or resume) a tokenizer on an image folder; returns the trained model (unwrapped).
+    """Train (or resume) a tokenizer on an image folder or WebDataset shards; returns the trained
+    model (unwrapped). On an existing RUN, ``cfg`` may differ from the saved config only in the
+    harmless fields (:func:`vqgen.runtime.resolve_run_config`).
 
     ``data`` may be given instead of reading ``data_dir`` (an ImageSet already in memory).
     """
     run_dir = Path(run_dir)
+    cfg, _ = resolve_run_config(run_dir, cfg)
     info = init_distributed(cfg.device)
     try:
         return _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info)
@@ -99,12 +77,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data_dir: str | Path, run_dir: st
 
 
 def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> VQTokenizer:
-    cfg = _resolve_config(cfg, run_dir)
     device = info.device
     if data is None:
         data = load_image_set(data_dir, cfg.image_size)
     elif tuple(data.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
         raise VqgenError(f"images are {tuple(data.images.shape[-2:])}, the model wants {cfg.image_size}")
+    data_row = report_skips(run_dir, data_dir, len(data), data.skipped, info.is_main)
     train_idx, eval_idx = holdout_split(len(data), cfg.holdout_every)
     conds = _conditions(cfg, data, text_encoder)
 
@@ -114,38 +92,37 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
     disc = StyleGANDiscriminator(cfg.disc).to(device) if cfg.loss.gan > 0 else None
     if disc is not None and cfg.disc.image_size != cfg.image_size:
         raise ConfigError(f"config field 'disc.image_size' is {cfg.disc.image_size}, images are {cfg.image_size}")
-    if cfg.init_from:
-        _load_weights(model, Path(cfg.init_from))
     params = model.decoder_parameters() if cfg.decoder_only else list(model.parameters())
     if cfg.optim.name == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                 weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr, betas=(0.0, 0.99)) if disc else None
     batches = EpochBatches(len(train_idx), cfg.optim.batch_size, seed=cfg.seed, rank=info.rank,
                            world_size=info.world_size)
     monitor = CodebookMonitor(model.config.quantizer.codebook_size, cfg.codebook.dead_after)
-    step, elapsed, cpu_elapsed = 0, 0.0, 0.0
 
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        _load_weights(model, ckpt / "tokenizer")
+    def restore(ckpt: Path, state: dict) -> None:
+        load_weights(model, ckpt / "tokenizer")
         if disc is not None:
-            _load_weights(disc, ckpt / "discriminator")
-        state = load_resume(ckpt)
+            load_weights(disc, ckpt / "discriminator")
+
+    state = resume_from(run_dir, restore, info.is_main)
+    if state is not None:
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
         if disc is not None:
             opt_d.load_state_dict(state["opt_d"])
         batches.load_state_dict(state["batches"])
         monitor.load_state_dict(state["monitor"])
         set_rng_state(state["rng"])
-        step, elapsed, cpu_elapsed = int(state["step"]), float(state["elapsed"]), float(state["cpu_elapsed"])
-    elif info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / CONFIG_NAME)
+    else:
+        if cfg.init_from:
+            load_weights(model, model_dir(cfg.init_from, "tokenizer"))
+        if info.is_main:
+            save_run_config(cfg, run_dir)
+    step = int(state["step"]) if state is not None else 0
+    limits = Limits(cfg.time_limit_min, cfg.cpu_limit_min, state)
 
     ddp_model = model
     ddp_disc = disc
@@ -157,13 +134,12 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         ddp_disc = DDP(disc, device_ids=ids) if disc is not None else None
 
     logger = RunLogger(run_dir, enabled=info.is_main)
+    logger.log(step, data_row)
     sample_idx = (eval_idx if len(eval_idx) else train_idx)[:8]
     bar = progress(total=cfg.steps, desc=f"train {cfg.arch}", enabled=info.is_main and show_progress, initial=step)
     it = iter(batches)
     sums: dict[str, float] = {}
     n_sum, images_seen, t_log = 0, 0, time.perf_counter()
-    t_start = time.perf_counter() - elapsed
-    cpu_start = time.process_time() - cpu_elapsed
     k = model.config.quantizer.codebook_size
     stop = False
 
@@ -174,6 +150,7 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         cond = conds[ids].to(device) if conds is not None else None
         gan_on = disc is not None and step >= cfg.loss.gan_start
 
+        lr = set_lr(opt, cfg.optim.lr * lr_factor(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
         if disc is not None:
             disc.requires_grad_(False)
         with autocast(device, cfg.precision):
@@ -184,7 +161,6 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         opt.step()
-        sched.step()
 
         if gan_on:
             disc.requires_grad_(True)
@@ -212,16 +188,14 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         if restarted:
             sums["restarted_codes"] = sums.get("restarted_codes", 0.0) + restarted
         bar.update(1)
-        elapsed, cpu_elapsed = time.perf_counter() - t_start, time.process_time() - cpu_start
-        stop = (cfg.time_limit_min > 0 and elapsed >= cfg.time_limit_min * 60) or \
-            (cfg.cpu_limit_min > 0 and cpu_elapsed >= cfg.cpu_limit_min * 60)
+        stop = limits.reached(step if info.is_main else None)
 
         if step % cfg.log_every == 0 or step == cfg.steps or stop:
             now = time.perf_counter()
             row = {f"train/{name}": v / n_sum for name, v in sums.items()}
             row.update(monitor.report(step))
-            row.update({"lr": sched.get_last_lr()[0], "images_per_s": images_seen / max(now - t_log, 1e-9),
-                        "elapsed_s": elapsed, "cpu_s": cpu_elapsed})
+            row.update({"lr": lr, "images_per_s": images_seen / max(now - t_log, 1e-9),
+                        "elapsed_s": limits.elapsed, "cpu_s": limits.cpu_elapsed})
             logger.log(step, row)
             bar.set_postfix(loss=f"{row['train/loss']:.4f}", usage=f"{row['train/codebook_usage']:.3f}")
             sums, n_sum, images_seen, t_log = {}, 0, 0, now
@@ -232,8 +206,9 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
                       step, cfg.optim.batch_size)
         if step % cfg.ckpt_every == 0 or step == cfg.steps or stop:
             if info.is_main:
-                resume = {"step": step, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed, "opt": opt.state_dict(), "sched": sched.state_dict(),
-                          "batches": batches.state_dict(), "monitor": monitor.state_dict(), "rng": rng_state()}
+                resume = {"step": step, **limits.state_dict(), "opt": opt.state_dict(),
+                          "batches": batches.state_dict(), "monitor": monitor.state_dict(), "rng": rng_state(),
+                          "metrics_bytes": metrics_bytes(run_dir)}
                 components = {"tokenizer": model}
                 if disc is not None:
                     resume["opt_d"] = opt_d.state_dict()
@@ -244,17 +219,10 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
     bar.close()
 
     if info.is_main:
-        model.save_pretrained(run_dir / "model")
+        save_final(model, run_dir / "model")
         _log_eval(logger, model, data, eval_idx, conds, device, step, cfg.optim.batch_size)
     logger.close()
     return unwrap(model)
-
-
-def _load_weights(model: torch.nn.Module, directory: Path) -> None:
-    try:
-        load_model(model, str(directory / WEIGHTS_NAME), strict=True, device=str(next(model.parameters()).device))
-    except (RuntimeError, OSError) as e:
-        raise VqgenError(f"cannot resume from {directory}: {str(e).splitlines()[0]}") from None
 
 
 def _maybe_restart(cfg, model: VQTokenizer, monitor: CodebookMonitor, out, step: int, info) -> int:
