@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from vqgen.sampling import SamplingConfig, generate, generate_naive
-from vqgen.sampling.autoregressive import _Decoder, _Picker, _plan
+from vqgen.sampling import CachedLoop, Picker, make_plan
 from vqgen.transformer.base import Condition
 from vqgen.transformer.config import TextConfig, TransformerConfig
 from vqgen.transformer.unified import Unified
@@ -113,8 +113,8 @@ def step_breakdown(model: Unified, cond: Condition, config: SamplingConfig, reps
     ``torch.bmm`` into preallocated outputs."""
     c = model.config
     with torch.inference_mode():
-        plan = _plan(model, cond, None, config, torch.Generator().manual_seed(0), None)
-        dec = _Decoder(model, plan, config)
+        plan = make_plan(model, cond, None, config, torch.Generator().manual_seed(0))
+        dec = CachedLoop(model, plan, config)
         logits = dec.prefill()
         steps = min(reps, plan.steps - 1)
         t0 = CLOCK()
@@ -122,7 +122,7 @@ def step_breakdown(model: Unified, cond: Condition, config: SamplingConfig, reps
             logits = dec.step(logits)
         step_s = (CLOCK() - t0) / steps
 
-        pick = _Picker(plan)
+        pick = Picker(plan)
         t0 = CLOCK()
         for _ in range(steps):
             pick.t.zero_()

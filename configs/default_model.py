@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
               *TRANSFORMER, *extra)
 
     from vqgen.pipelines import TextToImagePipeline
+    from vqgen.sampling import SamplingConfig
 
     rerank_data, rerank_run = out / "rerank-data", out / "reranker"
     if not (rerank_data / "metadata.jsonl").is_file():
@@ -111,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (rerank_run / "model").is_dir():
         vqgen("rerank", "train", "--data", str(rerank_data), "--out", str(rerank_run), "--no-progress", *RERANKER)
     reranker = rerank_run / "model"
-    pipe = TextToImagePipeline.from_components(tokenizer=dec_run / "model", transformer=tf_run / "model",
-                                               reranker=reranker, guidance_scale=args.guidance,
-                                               temperature=args.temperature, rerank=args.rerank)
+    pipe = TextToImagePipeline.from_components(
+        tokenizer=dec_run / "model", transformer=tf_run / "model", reranker=reranker,
+        sampling=SamplingConfig(guidance_scale=args.guidance, temperature=args.temperature, rerank=args.rerank))
     pipe_dir = pipe.save_pretrained(out / ("pipeline-frozen" if args.text_encoder else "pipeline"))
     print(f"pipeline: {pipe_dir}")
     if args.install:

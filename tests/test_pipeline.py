@@ -1,4 +1,5 @@
-"""TextToImagePipeline / ClassConditionalPipeline on tiny randomly initialised components."""
+"""Pipelines on tiny randomly initialised components: text, class and unconditional types, the
+stage registries (decoder, reranker, upsampler), pipeline.json, clusters, image completion."""
 from __future__ import annotations
 
 import json
@@ -8,38 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgen.config import apply_overrides, get_preset
-from vqgen.errors import VqgenError
-from vqgen.pipelines import ClassConditionalPipeline, PipelineOutput, TextToImagePipeline
-from vqgen.pipelines.text_to_image import PIPELINE_NAME, PipelineDefaults
-from vqgen.rerank import ClipReranker
-from vqgen.text.bpe import TextTokenizer
-from vqgen.tokenizer.config import FAMILY as TOKENIZER_PRESETS
-from vqgen.tokenizer.vit_vqgan import ViTVQGAN
-from vqgen.transformer import build_model
-
-CAPTIONS = ["a red circle", "two blue squares", "a green triangle above a red circle",
-            "a small yellow square", "a purple circle to the left of an orange triangle"] * 4
-
-
-def tiny_components(family="parti", num_classes=0):
-    torch.manual_seed(0)
-    tok_cfg = get_preset(TOKENIZER_PRESETS, "tiny").vit  # 16 px, 4 px patches -> 4x4 codes of 64
-    tokenizer = ViTVQGAN(tok_cfg).eval()
-    run = get_preset("transformer", f"{family}-tiny")
-    over = ["model.grid=4,4", "model.codebook_size=64", "model.dim=32", "model.mlp_dim=64", "model.depth=1"]
-    if family == "vim":
-        over.append(f"model.num_classes={num_classes}")
-    model = build_model(apply_overrides(run, over).model).eval()
-    if family != "vim":
-        model.text_tokenizer = TextTokenizer.train(CAPTIONS, vocab_size=64, min_frequency=1)
-    return tokenizer, model
+from vqgen.errors import ConfigError, VqgenError
+from vqgen.pipelines import (DECODERS, ClassConditionalPipeline, Pipeline, PipelineOutput, TextToImagePipeline,
+                             UnconditionalPipeline)
+from vqgen.pipelines.base import PIPELINE_NAME
+from vqgen.sampling import SamplingConfig
+from tests.tiny import tiny_components, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    tok, model = tiny_components()
-    return TextToImagePipeline(tok, model, defaults=PipelineDefaults(guidance_scale=2.0, max_prompt_length=60))
+    return tiny_pipeline(sampling=SamplingConfig(guidance_scale=2.0), max_prompt_length=60)
 
 
 def test_call_shapes_and_output_types(pipe):
@@ -65,7 +45,7 @@ def test_save_load_same_images_for_same_seed(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "p")
     meta = json.loads((tmp_path / "p" / PIPELINE_NAME).read_text())
     assert meta["components"] == {"tokenizer": "tokenizer", "transformer": "transformer"}
-    assert meta["defaults"]["guidance_scale"] == 2.0
+    assert meta["sampling"]["guidance_scale"] == 2.0 and meta["sampling"]["decoder"] == "autoregressive"
     loaded = TextToImagePipeline.from_pretrained(tmp_path / "p")
     b = loaded("a green triangle above a red circle", num_images=2, guidance_scale=3.0, top_k=20,
                generator=torch.Generator().manual_seed(7), output_type="np")
@@ -124,9 +104,8 @@ def test_bad_settings(pipe):
 
 
 def test_rerank_keeps_the_best_candidate(tmp_path):
-    tok, model = tiny_components()
-    clip_cfg = apply_overrides(get_preset("clip_reranker", "tiny"), [f"vocab_size={model.text_tokenizer.vocab_size}"])
-    reranker = ClipReranker(clip_cfg, model.text_tokenizer).eval()
+    parts = tiny_components(reranker="clip")
+    tok, model, reranker = parts["tokenizer"], parts["transformer"], parts["reranker"]
     pipe = TextToImagePipeline(tok, model, reranker=reranker)
     out = pipe(["a red circle", "two blue squares"], num_images=2, rerank=3, generator=torch.Generator().manual_seed(0),
                output_type="pt")
@@ -138,10 +117,11 @@ def test_rerank_keeps_the_best_candidate(tmp_path):
     assert torch.allclose(out.scores, scores.max(1).values, atol=1e-5)
     pipe.save_pretrained(tmp_path / "p")
     again = TextToImagePipeline.from_pretrained(tmp_path / "p")
-    assert again.reranker is not None
+    assert again.reranker is not None and again.stage_names == {"reranker": "clip"}
+    assert json.loads((tmp_path / "p" / PIPELINE_NAME).read_text())["stages"] == {"reranker": "clip"}
 
     # a default rerank applies when a call gives none; rerank=1 turns it off
-    ranked = TextToImagePipeline(tok, model, reranker=reranker, defaults=PipelineDefaults(rerank=3))
+    ranked = TextToImagePipeline(tok, model, reranker=reranker, sampling=SamplingConfig(rerank=3))
     by_default = ranked(["a red circle", "two blue squares"], num_images=2, generator=torch.Generator().manual_seed(0),
                         output_type="pt")
     assert torch.equal(by_default.codes, out.codes)
@@ -151,13 +131,14 @@ def test_rerank_keeps_the_best_candidate(tmp_path):
                     output_type="pt")
     assert plain.scores is None and torch.equal(plain.codes, unranked.codes)
     ranked.save_pretrained(tmp_path / "ranked")
-    assert TextToImagePipeline.from_pretrained(tmp_path / "ranked").defaults.rerank == 3
-    with pytest.raises(VqgenError, match="default rerank needs a reranker"):
-        TextToImagePipeline(tok, model, defaults=PipelineDefaults(rerank=3))
+    assert TextToImagePipeline.from_pretrained(tmp_path / "ranked").sampling.rerank == 3
+    with pytest.raises(ConfigError, match="rerank: reranking needs a pipeline with a reranker"):
+        TextToImagePipeline(tok, model, sampling=SamplingConfig(rerank=3))
 
 
 def test_class_conditional_pipeline(tmp_path):
-    tok, model = tiny_components("vim", num_classes=3)
+    parts = tiny_components("vim", num_classes=3)
+    tok, model = parts["tokenizer"], parts["transformer"]
     pipe = ClassConditionalPipeline(tok, model, class_names=["zero", "one", "two"])
     a = pipe(["one", 2], num_images=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), output_type="np")
     assert a.codes.shape == (4, 4, 4) and a.prompts == ["one", "one", "two", "two"]
@@ -168,19 +149,17 @@ def test_class_conditional_pipeline(tmp_path):
     assert torch.equal(a.codes, b.codes)
     with pytest.raises(VqgenError, match="unknown class"):
         pipe("three")
-    with pytest.raises(VqgenError, match="text-conditioned"):
+    with pytest.raises(VqgenError, match="conditioned on 'text'"):
         TextToImagePipeline(tok, model)
+    assert isinstance(Pipeline.from_pretrained(tmp_path / "c"), ClassConditionalPipeline)  # any type by its json
+    with pytest.raises(VqgenError, match="expected 'text_to_image'"):
+        TextToImagePipeline.from_pretrained(tmp_path / "c")
 
 
 def test_caption_perplexity_post_selection(tmp_path):
-    tok, model = tiny_components()
-    run = get_preset("transformer", "unified-tiny")
-    over = ["model.grid=4,4", "model.codebook_size=64", "model.dim=32", "model.mlp_dim=64", "model.depth=1",
-            "model.image_first=true"]
-    torch.manual_seed(1)
-    scorer = build_model(apply_overrides(run, over).model).eval()
-    scorer.text_tokenizer = model.text_tokenizer
-    pipe = TextToImagePipeline(tok, model, reranker=scorer)
+    parts = tiny_components(reranker="caption")
+    scorer = parts["reranker"]
+    pipe = TextToImagePipeline(**parts)
     prompts = ["a red circle", "two blue squares"]
     out = pipe(prompts, num_images=2, rerank=3, generator=torch.Generator().manual_seed(0), output_type="pt")
     cands = pipe(prompts, num_images=6, rerank=1, generator=torch.Generator().manual_seed(0), output_type="pt")
@@ -188,8 +167,8 @@ def test_caption_perplexity_post_selection(tmp_path):
     assert torch.allclose(out.scores, -nll.min(1).values, atol=1e-5)  # the least caption perplexity is kept
     pipe.save_pretrained(tmp_path / "p")
     again = TextToImagePipeline.from_pretrained(tmp_path / "p")
-    assert again.reranker.config.image_first
-    with pytest.raises(VqgenError, match="text-after-image"):
+    assert again.reranker.config.image_first and again.stage_names == {"reranker": "caption_perplexity"}
+    with pytest.raises(VqgenError, match="cannot be a reranker"):
         TextToImagePipeline.from_components(tmp_path / "p" / "tokenizer", tmp_path / "p" / "transformer",
                                             reranker=tmp_path / "p" / "transformer")
 
@@ -197,14 +176,150 @@ def test_caption_perplexity_post_selection(tmp_path):
 def test_load_reranker_takes_either_kind_and_refuses_others(tmp_path):
     from vqgen.rerank.train import load_reranker
 
-    tok, model = tiny_components()
-    run = apply_overrides(get_preset("transformer", "unified-tiny"),
-                          ["model.grid=4,4", "model.codebook_size=64", "model.dim=32", "model.mlp_dim=64",
-                           "model.depth=1", "model.image_first=true"])
-    scorer = build_model(run.model).eval()
-    scorer.text_tokenizer = model.text_tokenizer
+    parts = tiny_components(reranker="caption")
+    model, scorer = parts["transformer"], parts["reranker"]
     scorer.save_pretrained(tmp_path / "run" / "model")
     assert load_reranker(tmp_path / "run").config.image_first
     model.save_pretrained(tmp_path / "parti")
     with pytest.raises(VqgenError, match="not a reranker"):
         load_reranker(tmp_path / "parti")
+
+
+# ----------------------------------------------------------------------------- stages and new paths
+def reversed_greedy(model, cond, *, num, config, generator, progress, clusters, guidance):
+    """A stand-in decoder for the registry test: the greedy codes, flipped left to right."""
+    from dataclasses import replace
+
+    from vqgen.sampling import generate
+
+    codes = generate(model, cond, num=num, config=replace(config, temperature=0.0), guidance=guidance)
+    return codes.flip(-1)  # (B, h, w)
+
+
+def test_a_new_decoder_is_one_registry_entry(pipe, monkeypatch):
+    monkeypatch.setitem(DECODERS, "reversed_greedy", "tests.test_pipeline:reversed_greedy")
+    greedy = pipe("a red circle", num_images=2, temperature=0.0, output_type="codes")
+    flipped = pipe("a red circle", num_images=2, decoder="reversed_greedy", output_type="codes")
+    assert torch.equal(flipped.codes, greedy.codes.flip(-1))
+    naive = pipe("a red circle", num_images=2, decoder="naive", generator=torch.Generator().manual_seed(3),
+                 output_type="codes")
+    cached = pipe("a red circle", num_images=2, generator=torch.Generator().manual_seed(3), output_type="codes")
+    assert torch.equal(naive.codes, cached.codes)  # the reference decoder agrees with the cached one
+    with pytest.raises(ConfigError, match="decoder: unknown decoder 'nope'"):
+        pipe("a red circle", decoder="nope")
+
+
+def test_settings_are_checked_once_with_the_field_named(pipe):
+    for kwargs, field in ((dict(guidance_scale=-1.0), "guidance_scale"), (dict(rerank=10_000), "rerank"),
+                          (dict(top_k=-3), "top_k"), (dict(guidance_scale=[1.0, float("nan")]), "guidance_scale"),
+                          (dict(cluster=4), "cluster")):
+        prompts = ["a red circle", "two blue squares"]
+        with pytest.raises(ConfigError, match=field) as e:
+            pipe(prompts, **kwargs)
+        assert "\n" not in str(e.value)
+    settings = SamplingConfig(guidance_scale=3.0, top_k=20)
+    a = pipe("a red circle", settings=settings, generator=torch.Generator().manual_seed(1), output_type="codes")
+    b = pipe("a red circle", guidance_scale=3.0, top_k=20, generator=torch.Generator().manual_seed(1),
+             output_type="codes")
+    assert torch.equal(a.codes, b.codes)
+
+
+def test_pipeline_json_names_its_stages_and_refuses_paths_outside(tmp_path):
+    p = tiny_pipeline(reranker="clip", upsampler=True, sampling=SamplingConfig(rerank=2))
+    d = p.save_pretrained(tmp_path / "p")
+    meta = json.loads((d / PIPELINE_NAME).read_text())
+    assert meta["stages"] == {"reranker": "clip", "upsampler": "conv"}
+    assert meta["components"] == {k: k for k in ("tokenizer", "transformer", "reranker", "upsampler")}
+    loaded = TextToImagePipeline.from_pretrained(d)
+    out = loaded("a red circle", super_resolution=True, output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert out.images[0].shape == (3, 32, 32) and loaded.upsample_scale == 2
+    (tmp_path / "outside").mkdir()
+    p.transformer.save_pretrained(tmp_path / "outside" / "model")
+    (d / PIPELINE_NAME).write_text(json.dumps({**meta, "components": {**meta["components"],
+                                                                       "transformer": "../outside/model"}}))
+    with pytest.raises(VqgenError, match="points outside"):
+        TextToImagePipeline.from_pretrained(d)
+    (d / PIPELINE_NAME).write_text(json.dumps({**meta, "stages": {**meta["stages"], "upsampler": "magic"}}))
+    with pytest.raises(VqgenError, match="unknown upsampler 'magic'"):
+        TextToImagePipeline.from_pretrained(d)
+
+
+def test_the_first_pipeline_json_layout_still_loads(pipe, tmp_path):
+    d = pipe.save_pretrained(tmp_path / "p")
+    (d / PIPELINE_NAME).write_text(json.dumps({
+        "pipeline_type": "text_to_image", "components": {"tokenizer": "tokenizer", "transformer": "transformer"},
+        "defaults": {"guidance_scale": 2.5, "temperature": 0.5, "top_k": None, "top_p": None,
+                     "max_prompt_length": 60, "rerank": 1}, "vqgen_version": "0.1.0"}))
+    old = TextToImagePipeline.from_pretrained(d)
+    assert old.sampling == SamplingConfig(guidance_scale=2.5, temperature=0.5) and old.max_prompt_length == 60
+
+
+def test_cluster_sampling_is_a_pipeline_setting(tmp_path):
+    from vqgen.sampling import fit_clusters
+
+    p = tiny_pipeline()
+    with pytest.raises(ConfigError, match="no codebook clusters"):
+        p("a red circle", cluster=2)
+    clusters = fit_clusters(p.tokenizer.codebook_embeddings(), num_clusters=8)
+    clustered = p.with_components(clusters=clusters, sampling=SamplingConfig(cluster=1, temperature=0.0))
+    out = clustered(["a red circle", "two blue squares"], num_images=3, output_type="codes")
+    assert out.codes.shape == (6, 4, 4)
+    d = clustered.save_pretrained(tmp_path / "c")
+    again = TextToImagePipeline.from_pretrained(d)
+    assert torch.equal(again.clusters, clusters) and again.sampling.cluster == 1
+    assert json.loads((d / PIPELINE_NAME).read_text())["clusters"] == "clusters.safetensors"
+    with pytest.raises(ConfigError, match="at most 8 clusters"):
+        again("a red circle", cluster=9)
+
+
+def test_unconditional_generation_and_image_completion(tmp_path):
+    p = tiny_pipeline("vim")
+    assert isinstance(p, UnconditionalPipeline)
+    out = p(num_images=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.codes.shape == (3, 4, 4) and out.prompts == ["", "", ""]
+    with pytest.raises(VqgenError, match="takes no prompt"):
+        p("a red circle")
+    with pytest.raises(ConfigError, match="guidance_scale"):
+        p(guidance_scale=2.0)
+    source = out.images[0]  # (3, 16, 16)
+    done = p(num_images=4, prefix_image=source, prefix_rows=2, generator=torch.Generator().manual_seed(1),
+             output_type="codes")
+    want = p.tokenizer.encode(source[None]).flatten(1)[:, :8]  # the first two code rows
+    assert torch.equal(done.codes.flatten(1)[:, :8], want.expand(4, -1))
+    assert not torch.equal(done.codes[0], done.codes[1])  # the rest is sampled
+    pil = Image.fromarray((source.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    from_pil = p(num_images=1, prefix_image=pil, prefix_rows=2, output_type="codes")
+    assert torch.equal(from_pil.codes.flatten(1)[:, :8], want)
+    with pytest.raises(VqgenError, match="prefix_rows must be 1..3"):
+        p(prefix_image=source, prefix_rows=4)
+    p.save_pretrained(tmp_path / "u")
+    assert isinstance(Pipeline.from_pretrained(tmp_path / "u"), UnconditionalPipeline)
+
+
+def test_text_prompts_can_complete_an_image_too(pipe):
+    source = pipe("a red circle", output_type="pt", generator=torch.Generator().manual_seed(0)).images[0]
+    done = pipe("a red circle", num_images=2, prefix_image=source, prefix_rows=1, output_type="codes")
+    assert torch.equal(done.codes[:, 0], pipe.tokenizer.encode(source[None])[:, 0].expand(2, -1))
+
+
+def test_a_class_conditioned_tokenizer_decoder_gets_each_rows_class():
+    p = tiny_pipeline("vim", num_classes=3, tokenizer_classes=3, class_names=["a", "b", "c"])
+    out = p(["a", "c"], num_images=2, generator=torch.Generator().manual_seed(0), output_type="pt")
+    images = torch.stack(out.images)  # (4, 3, 16, 16)
+    by_hand = p.tokenizer.decode(out.codes, torch.tensor([0, 0, 2, 2]))
+    torch.testing.assert_close(images, by_hand, rtol=0, atol=0)
+    other = p.tokenizer.decode(out.codes, torch.tensor([1, 1, 1, 1]))
+    assert not torch.equal(images, other)  # the class reaches the decoder
+
+
+def test_the_bundled_model_loads_and_draws_what_it_is_asked():
+    """The bundled default model end to end: load, sample (reranked by default), score the result."""
+    from vqgen.pipelines import load_pipeline
+    from vqgen.shapes import load_suite, score
+
+    p = load_pipeline()
+    assert isinstance(p, TextToImagePipeline) and p.sampling.rerank == 8 and p.stage_names == {"reranker": "clip"}
+    item = next(it for it in load_suite() if it["category"] == "single")
+    out = p(item["prompt"], num_images=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images[0].shape == (64, 64, 3) and out.scores.shape == (2,)
+    assert sum(score(im, item["spec"]).passed for im in out.images) >= 1  # single objects pass 0.97 of the time

@@ -43,16 +43,18 @@ CONFIGS = {
     "plain": SamplingConfig(),
     "truncated": SamplingConfig(temperature=0.8, top_k=20, top_p=0.9),
     "guided": SamplingConfig(guidance_scale=3.0, top_k=30),
-    "guided-per-row-scheduled": SamplingConfig(guidance_scale=(0.0, 2.0, 5.0), guidance_schedule="cosine"),
+    "guided-per-row-scheduled": SamplingConfig(guidance_schedule="cosine"),
 }
+ROW_GUIDANCE = {"guided-per-row-scheduled": torch.tensor([0.0, 2.0, 5.0])}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_cached_equals_naive(family, name):
     model, cond = make_model(family), make_cond(family)
-    a = generate(model, cond, config=CONFIGS[name], generator=gen(1))
-    b = generate_naive(model, cond, config=CONFIGS[name], generator=gen(1))
+    lam = ROW_GUIDANCE.get(name)
+    a = generate(model, cond, config=CONFIGS[name], generator=gen(1), guidance=lam)
+    b = generate_naive(model, cond, config=CONFIGS[name], generator=gen(1), guidance=lam)
     assert a.shape == (3, 4, 4) and a.dtype == torch.long
     assert torch.equal(a, b)
 
@@ -86,9 +88,9 @@ def test_guidance_endpoints(family):
     assert torch.equal(generate(model, cond, config=SamplingConfig(guidance_scale=0.0, top_p=0.95),
                                 generator=gen(3)), uncond)
     plain = generate(model, cond, config=SamplingConfig(top_p=0.95), generator=gen(3))
-    forced = generate(model, cond, config=SamplingConfig(guidance_scale=(1.0, 1.0, 1.0), top_p=0.95),
-                      generator=gen(3))  # a per-row scale always runs the null rows
-    assert torch.equal(forced, plain)
+    rows = generate(model, cond, config=SamplingConfig(top_p=0.95), guidance=torch.tensor([1.0, 0.0, 1.0]),
+                    generator=gen(3))  # per-row λ: rows 0 and 2 conditional, row 1 unconditional, exactly
+    assert torch.equal(rows[0::2], plain[0::2]) and torch.equal(rows[1], uncond[1])
     assert not torch.equal(plain, uncond)
 
 
@@ -113,9 +115,9 @@ def test_guidance_changes_samples_and_schedule_is_monotone():
     a = generate(model, cond, config=SamplingConfig(guidance_scale=1.0), generator=gen(4))
     b = generate(model, cond, config=SamplingConfig(guidance_scale=8.0), generator=gen(4))
     assert not torch.equal(a, b)
-    from vqgen.sampling.autoregressive import _schedule
+    from vqgen.sampling import guidance_schedule
 
-    s = _schedule(SamplingConfig(guidance_scale=(0.0, 4.0), guidance_schedule="linear"), 2, 0, 16, "cpu")
+    s = guidance_schedule(torch.tensor([0.0, 4.0]), "linear", 0, 16)
     assert s.shape == (2, 16)
     assert s[:, 0].tolist() == [1.0, 1.0] and s[:, -1].tolist() == [0.0, 4.0]
     assert bool((s[1].diff() >= 0).all())
@@ -181,12 +183,13 @@ def test_errors_are_clear(tmp_path):
         load_clusters(tmp_path)
     with pytest.raises(ConfigError, match="generators"):
         generate(model, cond, generator=row_generators([1, 2]))
-    with pytest.raises(ConfigError, match="guidance_scale"):
-        generate(model, cond, config=SamplingConfig(guidance_scale=(1.0, 2.0)))
+    with pytest.raises(ConfigError, match="guidance"):
+        generate(model, cond, guidance=torch.tensor([1.0, 2.0]))
     with pytest.raises(ConfigError, match="prefix_codes"):
         generate(model, replace(cond, prefix_codes=torch.full((3, 2), 999)))
     for bad in (dict(temperature=-1), dict(top_p=0.0), dict(top_k=-2), dict(guidance_schedule="step"),
-                dict(guidance_scale=float("nan"))):
+                dict(guidance_scale=float("nan")), dict(guidance_scale=-1.0), dict(rerank=0), dict(rerank=10_000),
+                dict(top_k=1.5), dict(temperature=True), dict(guidance_scale=(1.0, 2.0))):
         with pytest.raises(ConfigError):
             SamplingConfig(**bad)
     with pytest.raises(ConfigError, match="num_clusters"):

@@ -26,69 +26,16 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 
-from vqgen.config import require
 from vqgen.errors import ConfigError
-from vqgen.sampling.processors import Chain, ClusterTopK, Temperature, TopK, TopP, greedy, sample_from
+from vqgen.sampling.processors import Chain, greedy, sample_from
+from vqgen.sampling.settings import SamplingConfig
 from vqgen.transformer.base import Condition, KVCache, TokenModel
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to sample image codes. The defaults are the seed's: temperature 1.0, no truncation.
-
-    ``temperature``: 0 = greedy (argmax). ``top_k``: 0 = off. ``top_p``: 1.0 = off. ``cluster``:
-    keep the N most likely codebook clusters (CogView2's cluster sampling; needs ``clusters``),
-    0 = off. ``guidance_scale``: λ of classifier-free guidance, 1.0 = off; a tuple gives one λ per
-    row. ``guidance_schedule``: ``constant`` (λ at every position), ``linear`` or ``cosine`` (from
-    1 at the first image position up to λ at the last). ``compile``: ``torch.compile`` the decode
-    step. ``cuda_graph``: on a CUDA device, capture one decode step as a CUDA graph and replay it.
-    """
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    cluster: int = 0
-    guidance_scale: float | tuple[float, ...] = 1.0
-    guidance_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    compile: bool = False
-    cuda_graph: bool = False
-
-    def __post_init__(self):
-        require(self.temperature >= 0, "temperature", "must be >= 0 (0 = greedy)")
-        require(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
-        require(0 < self.top_p <= 1, "top_p", "must be in (0, 1] (1 = off)")
-        require(self.cluster >= 0, "cluster", "must be >= 0 clusters (0 = off)")
-        scales = self.guidance_scale if isinstance(self.guidance_scale, tuple) else (self.guidance_scale,)
-        require(all(math.isfinite(s) for s in scales), "guidance_scale", "must be finite")
-        require(self.guidance_schedule in ("constant", "linear", "cosine"), "guidance_schedule",
-                "must be constant, linear or cosine")
-
-    @property
-    def guided(self) -> bool:
-        """Whether classifier-free guidance runs (null rows are added to the batch)."""
-        return isinstance(self.guidance_scale, tuple) or self.guidance_scale != 1.0
-
-    def processors(self, clusters: torch.Tensor | None = None) -> Chain:
-        """The logits processors these settings ask for, in order: temperature, top-k, top-p, cluster."""
-        procs = []
-        if self.temperature not in (0.0, 1.0):
-            procs.append(Temperature(self.temperature))
-        if self.top_k:
-            procs.append(TopK(self.top_k))
-        if self.top_p < 1.0:
-            procs.append(TopP(self.top_p))
-        if self.cluster:
-            if clusters is None:
-                raise ConfigError("cluster sampling needs the codebook clusters: pass "
-                                  "clusters=vqgen.sampling.load_clusters(model_dir)")
-            procs.append(ClusterTopK(clusters, self.cluster))
-        return Chain(procs)
 
 
 def row_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
@@ -98,8 +45,12 @@ def row_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
 
 # ----------------------------------------------------------------------------------------- plan
 @dataclass
-class _Plan:
-    """Everything a sampler needs besides the network, shared by the cached and naive samplers."""
+class Plan:
+    """Everything a sampler needs besides the network, shared by every decoder of this package.
+
+    Built once per call by :func:`make_plan`: the condition rows, their null rows when guidance
+    runs, the image prefix, all uniforms of the call and the per-row, per-step guidance scale.
+    """
 
     cond: Condition         # B conditional rows (on the model's device)
     null: Condition | None  # B null rows, or None without guidance
@@ -126,18 +77,19 @@ def _uniforms(batch: int, steps: int, generator: Generators, device) -> torch.Te
     return torch.stack([torch.rand(steps, generator=g, device=g.device).to(device) for g in gens])  # (B, S)
 
 
-def _schedule(config: SamplingConfig, batch: int, first: int, total: int, device) -> torch.Tensor:
-    lam = torch.as_tensor(config.guidance_scale, dtype=torch.float32, device=device).reshape(-1)  # (B,) or (1,)
-    if lam.numel() not in (1, batch):
-        raise ConfigError(f"guidance_scale has {lam.numel()} values for {batch} rows")
-    frac = torch.arange(first, total, dtype=torch.float32, device=device) / max(total - 1, 1)  # (S,)
+def guidance_schedule(lam: torch.Tensor, schedule: str, first: int, total: int) -> torch.Tensor:
+    """λ per row (B,) → λ per row and image position ``first..total-1`` (B, S): ``constant``, or a
+    ``linear``/``cosine`` ramp from 1 at position 0 up to λ at the last position."""
+    frac = torch.arange(first, total, dtype=torch.float32, device=lam.device) / max(total - 1, 1)  # (S,)
     ramp = {"constant": torch.ones_like(frac), "linear": frac,
-            "cosine": (1 - torch.cos(math.pi * frac)) / 2}[config.guidance_schedule]  # (S,)
-    return (1 + (lam[:, None] - 1) * ramp[None, :]).expand(batch, -1).contiguous()  # (B, S)
+            "cosine": (1 - torch.cos(math.pi * frac)) / 2}[schedule]  # (S,)
+    return (1 + (lam[:, None] - 1) * ramp[None, :]).contiguous()  # (B, S)
 
 
-def _plan(model: TokenModel, cond: Condition | None, num: int | None, config: SamplingConfig,
-          generator: Generators, clusters: torch.Tensor | None) -> _Plan:
+def make_plan(model: TokenModel, cond: Condition | None, num: int | None, config: SamplingConfig,
+              generator: Generators = None, clusters: torch.Tensor | None = None,
+              guidance: torch.Tensor | None = None) -> Plan:
+    """The plan of one sampling call (see :func:`generate` for the arguments)."""
     device = next(model.parameters()).device
     cond = cond if cond is not None else Condition()
     rows = cond.batch_size
@@ -154,8 +106,16 @@ def _plan(model: TokenModel, cond: Condition | None, num: int | None, config: Sa
     else:
         raise ConfigError(f"num={num} is not a multiple of the {rows} conditions given")
     cond = cond.to(device)
-    if config.guided and model.cond_kind == "none":
-        raise ConfigError("classifier-free guidance needs a class- or text-conditional model")
+    if guidance is None:
+        lam = torch.full((batch,), config.guidance_scale, dtype=torch.float32, device=device)  # (B,)
+    else:
+        lam = guidance.to(device=device, dtype=torch.float32).reshape(-1)  # (B,)
+        if lam.numel() != batch:
+            raise ConfigError(f"guidance has {lam.numel()} values for {batch} rows")
+    guided = bool((lam != 1).any())
+    if guided and model.cond_kind == "none":
+        raise ConfigError("guidance_scale: classifier-free guidance needs a class- or text-conditional model "
+                          "(use 1 with an unconditional one)")
     n = model.image_seq_len
     prefix = cond.prefix_codes
     prefix = torch.zeros(batch, 0, dtype=torch.long, device=device) if prefix is None else prefix.long()
@@ -163,19 +123,19 @@ def _plan(model: TokenModel, cond: Condition | None, num: int | None, config: Sa
     if k > n or (k and int(prefix.max()) >= model.codebook_size) or (k and int(prefix.min()) < 0):
         raise ConfigError(f"prefix_codes must be (B, k<={n}) codes in [0, {model.codebook_size})")
     chain = config.processors(None if clusters is None else clusters.to(device))
-    return _Plan(cond=cond, null=cond.null() if config.guided else None, batch=batch, prefix=prefix,
-                 u=_uniforms(batch, n - k, generator, device),
-                 scale=_schedule(config, batch, k, n, device) if config.guided else None,
-                 chain=chain, greedy=config.temperature == 0,
-                 generator=generator if isinstance(generator, torch.Generator) else None)
+    return Plan(cond=cond, null=cond.null() if guided else None, batch=batch, prefix=prefix,
+                u=_uniforms(batch, n - k, generator, device),
+                scale=guidance_schedule(lam, config.guidance_schedule, k, n) if guided else None,
+                chain=chain, greedy=config.temperature == 0,
+                generator=generator if isinstance(generator, torch.Generator) else None)
 
 
-class _Picker:
+class Picker:
     """Turns one step's logits into codes: guidance, processors, draw; writes them to ``out``.
     State lives in tensors (``t``, the step index), so a step has no host sync and can be
     captured as a CUDA graph."""
 
-    def __init__(self, plan: _Plan):
+    def __init__(self, plan: Plan):
         self.plan = plan
         self.t = torch.zeros(1, dtype=torch.long, device=plan.u.device)  # (1,)
         self.out = torch.zeros(plan.batch, plan.steps, dtype=torch.long, device=plan.u.device)  # (B, S)
@@ -203,34 +163,35 @@ def _eval(model: torch.nn.Module):
         model.train(was)
 
 
-def _codes(model: TokenModel, plan: _Plan, out: torch.Tensor) -> torch.Tensor:
+def _codes(model: TokenModel, plan: Plan, out: torch.Tensor) -> torch.Tensor:
     return torch.cat([plan.prefix, out], 1).view(plan.batch, *model.grid)  # (B, h, w)
 
 
 # ----------------------------------------------------------------------------------- samplers
 def generate(model: TokenModel, cond: Condition | None = None, num: int | None = None,
              config: SamplingConfig = SamplingConfig(), generator: Generators = None, progress: bool = False,
-             clusters: torch.Tensor | None = None) -> torch.Tensor:
-    """Sample image codes (B, h, w) long with the model's KV cache.
+             clusters: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample image codes (B, h, w) long with the model's KV cache (the ``autoregressive`` decoder).
 
     ``cond``: the condition (None = unconditional; ``prefix_codes`` are kept and continued).
     ``num``: rows to sample; None = one per condition row, a multiple of the rows repeats each
     condition. ``generator``: one ``torch.Generator`` for the batch or one per row.
-    ``clusters``: the (V,) codebook cluster assignment for ``config.cluster``.
+    ``clusters``: the (V,) codebook cluster assignment for ``config.cluster``. ``guidance``: λ
+    per row (B,) float, overriding ``config.guidance_scale``.
     """
     with _eval(model):
-        plan = _plan(model, cond, num, config, generator, clusters)
-        return _codes(model, plan, _Decoder(model, plan, config).run(progress))
+        plan = make_plan(model, cond, num, config, generator, clusters, guidance)
+        return _codes(model, plan, CachedLoop(model, plan, config).run(progress))
 
 
-class _Decoder:
+class CachedLoop:
     """The cached loop: prefill once, then one ``decode_step`` per code into a static cache."""
 
-    def __init__(self, model: TokenModel, plan: _Plan, config: SamplingConfig):
+    def __init__(self, model: TokenModel, plan: Plan, config: SamplingConfig):
         self.model, self.plan = model, plan
         rows = plan.batch * (2 if plan.null is not None else 1)
         self.cache: KVCache = model.new_cache(rows)
-        self.pick = _Picker(plan)
+        self.pick = Picker(plan)
         self.config = config
         self.step_fn = torch.compile(self.step, dynamic=False) if config.compile else self.step
 
@@ -279,16 +240,17 @@ class _Decoder:
 
 
 def generate_naive(model: TokenModel, cond: Condition | None = None, num: int | None = None,
-                   config: SamplingConfig = SamplingConfig(), generator: Generators = None,
-                   clusters: torch.Tensor | None = None) -> torch.Tensor:
-    """The reference sampler: ``model.forward`` over the whole prefix at every step, the
-    conditional and null rows in separate forwards; same arguments and result as :func:`generate`."""
+                   config: SamplingConfig = SamplingConfig(), generator: Generators = None, progress: bool = False,
+                   clusters: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference sampler (the ``naive`` decoder): ``model.forward`` over the whole prefix at
+    every step, the conditional and null rows in separate forwards; same arguments and result as
+    :func:`generate` (``progress`` is accepted and ignored)."""
     with _eval(model):
-        plan = _plan(model, cond, num, config, generator, clusters)
+        plan = make_plan(model, cond, num, config, generator, clusters, guidance)
         k, n = plan.prefix.shape[1], model.image_seq_len
         codes = torch.zeros(plan.batch, n, dtype=torch.long, device=plan.u.device)  # (B, N)
         codes[:, :k] = plan.prefix
-        pick = _Picker(plan)
+        pick = Picker(plan)
         for pos in range(k, n):
             inp = codes[:, : pos + 1]  # (B, pos + 1): code ``pos`` is a placeholder the model never sees
             logits = model(inp, plan.cond).logits[:, -1]  # (B, V)

@@ -1,0 +1,145 @@
+"""The one type of sampling settings, from the command line and the HTTP API down to the logits.
+
+    settings = SamplingConfig(guidance_scale=2.0, temperature=0.5, rerank=8)   # checked here, once
+    settings = settings.merged(temperature=None, top_k=20)                    # None: keep the value
+    guidance = settings.row_guidance(per_prompt=[2.0, 3.0], rows_per_prompt=4)  # (8,) float tensor
+
+A pipeline keeps one as its defaults (``pipeline.json`` → ``"sampling"``); a call, ``vqgen
+generate``, ``vqgen eval shapes`` and the server merge their options into it, and the result goes
+as it is to the decoder, which builds its logits processors from it. Every value is checked in
+``__post_init__`` with a :class:`~vqgen.errors.ConfigError` that names the field, so the CLI and
+the server refuse the same values with the same words.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, Sequence
+
+import torch
+
+from vqgen.config import require
+from vqgen.errors import ConfigError
+
+MAX_RERANK = 64  # candidates per image: beyond this best-of-N costs minutes and gains nothing measurable
+MAX_GUIDANCE = 100.0
+MAX_TEMPERATURE = 10.0
+GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def _number(value: Any, name: str, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        raise ConfigError(f"{name}: must be {'an integer' if integer else 'a number'}, got {value!r}")
+
+
+def check_guidance(value: Any, name: str = "guidance_scale") -> float:
+    """A guidance scale as a float; a ConfigError naming ``name`` unless 0 <= value <= 100."""
+    _number(value, name)
+    require(math.isfinite(value) and 0 <= value <= MAX_GUIDANCE, name,
+            f"must be a number in [0, {MAX_GUIDANCE:g}] (1 = off), got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to turn a condition into image codes, and how many candidates to rank.
+
+    ``decoder``: the registered decoder that writes the codes (``autoregressive``: KV-cached, one
+    code per step; ``naive``: the full-recompute reference). ``guidance_scale``: λ of
+    classifier-free guidance, 1 = off, 0 = unconditional. ``guidance_schedule``: ``constant`` (λ at
+    every position), ``linear`` or ``cosine`` (from 1 at the first image position up to λ at the
+    last). ``temperature``: 0 = greedy. ``top_k``: 0 = off. ``top_p``: 1 = off. ``cluster``: keep
+    the N most likely codebook clusters (CogView2's cluster sampling; the pipeline needs fitted
+    clusters), 0 = off. ``rerank``: candidates drawn per image, the reranker keeps the best (1 =
+    off). ``compile``: ``torch.compile`` the decode step. ``cuda_graph``: replay one captured
+    decode step on CUDA.
+    """
+
+    decoder: str = "autoregressive"
+    guidance_scale: float = 1.0
+    guidance_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cluster: int = 0
+    rerank: int = 1
+    compile: bool = False
+    cuda_graph: bool = False
+
+    def __post_init__(self):
+        require(isinstance(self.decoder, str) and bool(self.decoder), "decoder", "must name a decoder")
+        check_guidance(self.guidance_scale)
+        require(self.guidance_schedule in GUIDANCE_SCHEDULES, "guidance_schedule",
+                f"must be one of {', '.join(GUIDANCE_SCHEDULES)}, got {self.guidance_schedule!r}")
+        _number(self.temperature, "temperature")
+        require(math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE, "temperature",
+                f"must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.temperature!r}")
+        _number(self.top_k, "top_k", integer=True)
+        require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        _number(self.top_p, "top_p")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1] (1 = off), got {self.top_p!r}")
+        _number(self.cluster, "cluster", integer=True)
+        require(self.cluster >= 0, "cluster", f"must be >= 0 clusters (0 = off), got {self.cluster}")
+        _number(self.rerank, "rerank", integer=True)
+        require(1 <= self.rerank <= MAX_RERANK, "rerank",
+                f"must be 1..{MAX_RERANK} candidates per image (1 = off), got {self.rerank}")
+        for flag in ("compile", "cuda_graph"):
+            require(isinstance(getattr(self, flag), bool), flag, "must be true or false")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "sampling") -> "SamplingConfig":
+        """Settings from a JSON object (``pipeline.json``); unknown keys are an error naming them."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be an object of sampling settings, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"{where}: unknown sampling settings {sorted(unknown)}")
+        return cls(**data)
+
+    def merged(self, **changes: Any) -> "SamplingConfig":
+        """These settings with every change that is not None applied (and checked)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(given) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown sampling settings {sorted(unknown)}")
+        return replace(self, **given) if given else self
+
+    def processors(self, clusters: torch.Tensor | None = None):
+        """The logits processors these settings ask for, in order: temperature, top-k, top-p, cluster."""
+        from vqgen.sampling.processors import Chain, ClusterTopK, Temperature, TopK, TopP
+
+        procs = []
+        if self.temperature not in (0.0, 1.0):
+            procs.append(Temperature(self.temperature))
+        if self.top_k:
+            procs.append(TopK(self.top_k))
+        if self.top_p < 1.0:
+            procs.append(TopP(self.top_p))
+        if self.cluster:
+            if clusters is None:
+                raise ConfigError("cluster: cluster sampling needs the codebook clusters (a pipeline fitted with "
+                                  "`vqgen pipeline clusters DIR`, or clusters=vqgen.sampling.load_clusters(dir))")
+            procs.append(ClusterTopK(clusters, self.cluster))
+        return Chain(procs)
+
+    @property
+    def batch_key(self) -> "SamplingConfig":
+        """The settings that must be equal for rows to share one decoder call (all but guidance,
+        which a call takes per row)."""
+        return replace(self, guidance_scale=1.0)
+
+    def row_guidance(self, per_prompt: float | Sequence[float] | None, rows_per_prompt: int,
+                     prompts: int) -> torch.Tensor:
+        """λ for every row, (prompts * rows_per_prompt,) float32: ``per_prompt`` may be None (this
+        config's scale), one number, or one number per prompt; each value is checked."""
+        if per_prompt is None:
+            values = [self.guidance_scale] * prompts
+        elif isinstance(per_prompt, (list, tuple)):
+            if len(per_prompt) != prompts:
+                raise ConfigError(f"guidance_scale has {len(per_prompt)} values for {prompts} prompts: "
+                                  "give one per prompt")
+            values = [self.guidance_scale if v is None else check_guidance(v) for v in per_prompt]
+        else:
+            values = [check_guidance(per_prompt)] * prompts
+        return torch.tensor(values, dtype=torch.float32).repeat_interleave(rows_per_prompt)  # (P*R,)
