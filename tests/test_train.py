@@ -18,7 +18,7 @@ from vqgen.data.codes import CodeShardWriter
 from vqgen.errors import ConfigError, VqgenError
 from vqgen.io import PretrainedMixin, register_model
 from vqgen.transformer.base import Condition, TokenModel
-from vqgen.transformer.train import lr_factor, train
+from vqgen.transformer.train import step_lr, train
 
 from tests.tolerances import assert_same_sgd_step
 
@@ -99,13 +99,13 @@ def test_resume_is_bit_identical(codes_dir, tmp_path, preset):
 
 def test_resume_refuses_a_different_model(codes_dir, tmp_path):
     train(codes_dir, tmp_path / "r", preset="vim-tiny", steps=2, overrides=QUIET, show_progress=False)
-    with pytest.raises(ConfigError, match="different model"):
+    with pytest.raises(ConfigError, match="model.depth=2, this command asks for 3"):
         train(codes_dir, tmp_path / "r", steps=4, overrides=["model.depth=3"], show_progress=False)
 
 
 def initial_weights(run: Path) -> dict:
     """The weights a run started from: its saved config's model, built as the trainer builds it."""
-    from vqgen.config import load_config
+    from vqgen.io import load_config
     from vqgen.runtime import seed_everything
     from vqgen.transformer import build_model
     from vqgen.transformer.config import RunConfig
@@ -177,6 +177,9 @@ def test_condition_dropout_reaches_the_model_at_the_configured_rate(codes_dir, t
 
 def test_lr_schedule_warmup_and_decay():
     from vqgen.transformer.config import TrainConfig
+
+    def lr_factor(step, t):
+        return step_lr(step, t) / t.lr
 
     cos = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cos) == pytest.approx(0.1) and lr_factor(9, cos) == pytest.approx(1.0)

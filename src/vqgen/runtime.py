@@ -40,9 +40,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vqgen.config import from_dict, get_preset, load_config, save_config, to_dict, apply_overrides
+from vqgen.config import apply_overrides, from_dict, get_preset, to_dict
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.io import CONFIG_NAME, WEIGHTS_NAME, atomic_torch_save, atomic_write_json, atomic_write_text, replace_dir
+from vqgen.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_torch_save, atomic_write_json, atomic_write_text, load_config,
+                      replace_dir, save_config)
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -483,18 +484,18 @@ def save_run_config(cfg, run_dir: str | Path) -> None:
 DATA_NAME = "data.json"
 
 
-def report_skips(run_dir: str | Path, source, records: int, skipped, is_main: bool = True) -> dict[str, float]:
-    """Print and record (``RUN/data.json``) the records a run's data reader kept and skipped, by
-    reason; returns them as a flat metrics row (``data/records``, ``data/skipped/<reason>``)."""
+def report_skips(run_dir: str | Path, source, records: int, skipped, is_main: bool = True) -> dict:
+    """Print and record in ``RUN/data.json`` the records a run's data reader kept and skipped, by
+    reason (the :data:`~vqgen.data.image.SKIP_REASONS` keys); returns that summary."""
     skipped = dict(sorted(Counter(skipped).items()))
-    total = sum(skipped.values())
+    summary = {"source": str(source), "records": records, "skipped": skipped, "skipped_total": sum(skipped.values())}
     if is_main:
         detail = ", ".join(f"{k}: {v}" for k, v in skipped.items())
-        print(f"vqgen: {source}: {records} records" + (f", {total} skipped ({detail})" if total else ", none skipped"))
+        print(f"vqgen: {source}: {records} records"
+              + (f", {summary['skipped_total']} skipped ({detail})" if skipped else ", none skipped"))
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(run_dir) / DATA_NAME, {"source": str(source), "records": records,
-                                                      "skipped": skipped, "skipped_total": total})
-    return {"data/records": records, "data/skipped": total, **{f"data/skipped/{k}": v for k, v in skipped.items()}}
+        atomic_write_json(Path(run_dir) / DATA_NAME, summary)
+    return summary
 
 
 class Limits:

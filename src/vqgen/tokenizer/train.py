@@ -82,7 +82,7 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         data = load_image_set(data_dir, cfg.image_size)
     elif tuple(data.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
         raise VqgenError(f"images are {tuple(data.images.shape[-2:])}, the model wants {cfg.image_size}")
-    data_row = report_skips(run_dir, data_dir, len(data), data.skipped, info.is_main)
+    report_skips(run_dir, data_dir, len(data), data.skipped, info.is_main)
     train_idx, eval_idx = holdout_split(len(data), cfg.holdout_every)
     conds = _conditions(cfg, data, text_encoder)
 
@@ -134,7 +134,6 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         ddp_disc = DDP(disc, device_ids=ids) if disc is not None else None
 
     logger = RunLogger(run_dir, enabled=info.is_main)
-    logger.log(step, data_row)
     sample_idx = (eval_idx if len(eval_idx) else train_idx)[:8]
     bar = progress(total=cfg.steps, desc=f"train {cfg.arch}", enabled=info.is_main and show_progress, initial=step)
     it = iter(batches)

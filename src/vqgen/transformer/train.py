@@ -1,37 +1,39 @@
 """Training a token transformer on pre-tokenized code shards (``vqgen train``).
 
 One function, :func:`train`, runs on CPU, one GPU or under ``torchrun`` (DDP, or FSDP2 with
-``train.fsdp=true``): AdamW or Adafactor, warmup then cosine/exponential decay, gradient
+``train.fsdp=true``): AdamW, Adafactor or plain SGD, warmup then cosine/exponential decay, gradient
 clipping and accumulation, bf16 autocast where supported, condition dropout for
-classifier-free guidance, optional EMA and ``torch.compile``. Running it again on the same
-``RUN`` continues bit-exactly from the latest checkpoint. A step whose loss or gradient is not
-finite is skipped and counted (never checkpointed); ``train.max_bad_steps`` in a row stop the run.
+classifier-free guidance, optional EMA and ``torch.compile``; ``train.init_from`` starts from a
+saved model and ``train.freeze`` keeps parameters matching name patterns fixed. Running the same
+command again on ``RUN`` continues from the latest usable checkpoint (the lifecycle of
+:mod:`vqgen.runtime`). A step whose loss or gradient is not finite is skipped and counted (never
+checkpointed); ``train.max_bad_steps`` in a row stop the run.
 
     RUN/config.json  RUN/tokenizer.json (text models)  RUN/metrics.jsonl  RUN/tb/  RUN/samples/
     RUN/checkpoints/step-N/{model,ema}/ + resume.pt     RUN/model/  (the final model, EMA if used)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from vqgen.config import apply_overrides, get_preset, load_config, save_config
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.runtime import (EpochBatches, RunLogger, autocast, cleanup_distributed, init_distributed,
-                           latest_checkpoint, load_resume, progress, rng_state, save_checkpoint,
-                           seed_everything, set_rng_state)
+from vqgen.runtime import (DistInfo, EpochBatches, RunLogger, autocast, cleanup_distributed, freeze,
+                           init_distributed, load_weights, lr_factor, metrics_bytes, model_dir, progress,
+                           report_skips, requested_config, resolve_run_config, resume_from, rng_state,
+                           save_checkpoint, save_final, save_run_config, seed_everything, set_lr, set_rng_state)
 from vqgen.transformer import build_model
 from vqgen.transformer.base import Condition, TokenModel
 from vqgen.transformer.config import FAMILY, RunConfig
-
-CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -79,19 +81,14 @@ def unigram_loss(train_codes: torch.Tensor, val_codes: torch.Tensor, vocab: int)
 
 
 # ----------------------------------------------------------------------------- config + data
+FITTED = ("model.grid", "model.codebook_size", "model.num_classes", "model.text.vocab_size")  # set from CODES
+
+
 def resolve_config(run_dir: Path, preset: str | None, overrides: list[str], steps: int | None) -> tuple[RunConfig, bool]:
-    """The run's config: the saved one when RUN exists (resume), else ``preset`` + overrides."""
+    """(config, resuming): ``preset`` + overrides for a new RUN, else the saved config (only the
+    harmless fields may differ; the data-fitted ones are checked once the codes are read)."""
     extra = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
-    saved = run_dir / CONFIG_NAME
-    if saved.is_file():
-        cfg = load_config(RunConfig, saved)
-        new = apply_overrides(cfg, extra)
-        if new.model != cfg.model:
-            raise ConfigError(f"{run_dir} was trained with a different model config; use a new --out to start over")
-        return new, True
-    if not preset:
-        raise ConfigError("--preset is required to start a new run")
-    return apply_overrides(get_preset(FAMILY, preset), extra), False
+    return resolve_run_config(run_dir, requested_config(RunConfig, FAMILY, run_dir, preset, extra), fitted=FITTED)
 
 
 def prepare(cfg: RunConfig, codes_dir: str | Path, run_dir: Path, resuming: bool,
@@ -168,7 +165,7 @@ class LossModule(nn.Module):
 
 
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW (or Adafactor, or plain SGD) with weight decay on matrices only."""
+    """AdamW (or Adafactor, or plain SGD) over the trainable parameters, weight decay on matrices only."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -179,19 +176,9 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def lr_factor(step: int, cfg) -> float:
-    """Linear warmup, then cosine or exponential decay to ``min_lr_ratio`` at ``steps``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    start = max(cfg.warmup_steps, cfg.decay_start if cfg.schedule == "exponential" else cfg.warmup_steps)
-    if step < start:
-        return 1.0
-    frac = min(1.0, (step - start) / max(1, cfg.steps - start))
-    if cfg.schedule == "cosine":
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-    return cfg.min_lr_ratio ** frac
+def step_lr(step: int, t) -> float:
+    """The learning rate of ``step`` under TrainConfig ``t`` (warmup, then its schedule)."""
+    return t.lr * lr_factor(step, t.steps, t.warmup_steps, t.min_lr_ratio, t.schedule, t.decay_start)
 
 
 def _full_norm(x: torch.Tensor) -> float:
@@ -199,21 +186,6 @@ def _full_norm(x: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- sample grids
-@torch.no_grad()
-def sample_codes(model: TokenModel, cond: Condition, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Plain temperature-1 ancestral sampling through the cache contract: codes (B, h, w).
-    (The full samplers — top-k/p, guidance, compiled caches — live in ``vqgen.sampling``.)"""
-    cache = model.new_cache(batch)
-    logits = model.prefill(cond, cache)  # (B, V)
-    out = [] if cond.prefix_codes is None else list(cond.prefix_codes.unbind(1))
-    while len(out) < model.image_seq_len:
-        tok = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).squeeze(1).to(logits.device)  # (B,)
-        out.append(tok)
-        if len(out) < model.image_seq_len:
-            logits = model.decode_step(tok, cache)
-    return torch.stack(out, 1).view(batch, *model.grid)
-
-
 def _grid_image(images: torch.Tensor, rows: int):
     from PIL import Image
 
@@ -244,223 +216,272 @@ class SampleGrids:
 
     @torch.no_grad()
     def __call__(self, model: TokenModel, step: int, device) -> None:
+        from vqgen.sampling import SamplingConfig, generate
+
         if self.decoder is None:
             return
         was_training = model.training
-        model.eval()
         n = self.rows * self.rows
-        g = torch.Generator().manual_seed(step)
+        cond = None
         if self.data.labels is not None:
-            classes = torch.arange(n) % model.config.num_classes
-            cond = Condition(class_ids=classes.to(device))
+            cond = Condition(class_ids=(torch.arange(n) % model.config.num_classes).to(device))
         elif self.data.text_ids is not None:
             idx = self.data.val_idx[torch.arange(n) % len(self.data.val_idx)]
             cond = Condition(text_ids=self.data.text_ids[idx].to(device), text_mask=self.data.text_mask[idx].to(device))
-        else:
-            cond = Condition()
-        codes = sample_codes(model, cond, n, g)
+        codes = generate(model, cond, num=n, config=SamplingConfig(), generator=torch.Generator().manual_seed(step))
         decoder_device = next(self.decoder.parameters()).device
         images = self.decoder.decode(codes.to(decoder_device))  # (B, 3, H, W)
         self.logger.image("samples", step, _grid_image(images, self.rows))
         model.train(was_training)
 
 
+# ----------------------------------------------------------------------------- one process's run
+@dataclass
+class Run:
+    """What one training process holds: the model, its wrappers and optimizer, and the position."""
+
+    cfg: RunConfig
+    env: DistInfo
+    model: TokenModel
+    loss_mod: nn.Module
+    step_fn: Callable
+    opt: torch.optim.Optimizer
+    batches: EpochBatches
+    ema: TokenModel | None = None
+    step: int = 0
+    skipped: int = 0
+    bad_in_row: int = 0
+
+
+def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train: int) -> Run:
+    """Build the model (resumed, or from ``init_from``), freeze, wrap for DDP/FSDP/compile, and
+    make the optimizer and batch order, restoring them from the latest usable checkpoint."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    t, device = cfg.train, env.device
+    seed_everything(t.seed)
+    model = build_model(cfg.model)
+    model.text_tokenizer = text_tok if hasattr(model, "tokenize") else None
+    ema = build_model(cfg.model).eval().requires_grad_(False) if t.ema_decay > 0 else None
+
+    def restore(ckpt: Path, state: dict) -> None:
+        load_weights(model, ckpt / "model")
+        if ema is not None:
+            load_weights(ema, ckpt / "ema")
+
+    state = resume_from(run_dir, restore, env.is_main)
+    if state is None:
+        if t.init_from:
+            load_weights(model, model_dir(t.init_from))
+        if ema is not None:
+            ema.load_state_dict(model.state_dict())
+    frozen = freeze(model, t.freeze) if t.freeze else []
+    if env.is_main and frozen:
+        print(f"vqgen: {len(frozen)} of {len(list(model.parameters()))} parameter tensors frozen")
+    model.to(device)
+    ema = ema.to(device) if ema is not None else None
+    loss_mod: nn.Module = LossModule(model)
+    if t.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for blk in list(getattr(model, "encoder", [])) + list(model.blocks):
+            fully_shard(blk)
+        fully_shard(loss_mod)
+    elif env.distributed:
+        loss_mod = nn.parallel.DistributedDataParallel(loss_mod, device_ids=[device] if device.type == "cuda" else None)
+    opt = make_optimizer(model, t)
+    run = Run(cfg, env, model, loss_mod, torch.compile(loss_mod) if t.compile else loss_mod, opt,
+              EpochBatches(num_train, t.batch_size, seed=t.seed, rank=env.rank, world_size=env.world_size), ema)
+    if state is not None:
+        set_optimizer_state_dict(loss_mod, opt, optim_state_dict=state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+        run.batches.load_state_dict(state["batches"])
+        run.step, run.skipped = int(state["step"]), int(state["skipped"])
+        rngs = state["rng"]
+        if len(rngs) == env.world_size:
+            set_rng_state(rngs[env.rank])
+        else:
+            seed_everything(t.seed + 1000 * env.rank + run.step)
+    return run
+
+
+def train_step(run: Run, data: TrainData, batches, device) -> tuple[dict, bool, int]:
+    """One optimisation step over ``grad_accum`` micro-batches: (metrics row, stepped?, rows seen).
+    A non-finite loss or gradient norm on any rank skips the step for all of them."""
+    t = run.cfg.train
+    lr = set_lr(run.opt, step_lr(run.step, t))
+    run.opt.zero_grad(set_to_none=True)
+    loss_sum, local_bad, sums, rows = 0.0, 0.0, {}, 0
+    for micro in range(t.grad_accum):
+        codes, cond = data.batch(data.train_idx[next(batches)], device)  # (B, N), cond
+        cond = cond.drop(t.cond_dropout)
+        sync_off = isinstance(run.loss_mod, nn.parallel.DistributedDataParallel) and micro < t.grad_accum - 1
+        with (run.loss_mod.no_sync() if sync_off else contextlib.nullcontext()), autocast(device, t.precision):
+            loss, metrics = run.step_fn(codes, cond)
+        if not torch.isfinite(loss):
+            local_bad = 1.0
+        (loss / t.grad_accum).backward()
+        loss_sum += float(loss.detach()) / t.grad_accum
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accum
+        rows += codes.shape[0]
+    gnorm = _full_norm(nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf")))
+    flags = torch.tensor([loss_sum, local_bad], dtype=torch.float64, device=device)
+    if run.env.distributed:
+        dist.all_reduce(flags)
+        flags[0] /= run.env.world_size
+    ok = math.isfinite(gnorm) and float(flags[1]) == 0.0
+    if ok:
+        run.opt.step()
+        if run.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(run.ema.parameters()), list(run.model.parameters()), 1 - t.ema_decay)
+        run.bad_in_row = 0
+    else:
+        run.opt.zero_grad(set_to_none=True)
+        run.skipped += 1
+        run.bad_in_row += 1
+        if run.bad_in_row >= t.max_bad_steps:
+            raise VqgenError(f"the loss was not finite for {run.bad_in_row} steps in a row (last at step {run.step + 1}); "
+                             f"stopping without a checkpoint. Lower train.lr, use train.norm=sandwich or fp32")
+    run.step += 1
+    row = {"loss": float(flags[0]), "lr": lr, "grad_norm": gnorm, "skipped_steps": run.skipped, **sums}
+    return row, ok, rows
+
+
+def evaluate(run: Run, data: TrainData, device) -> float:
+    """Mean image-code loss (nats/code) over the first ``val_batches`` validation batches."""
+    t = run.cfg.train
+    run.loss_mod.eval()
+    total, n = 0.0, 0
+    with torch.no_grad(), autocast(device, t.precision):
+        for i in range(0, min(len(data.val_idx), t.val_batches * t.batch_size), t.batch_size):
+            codes, cond = data.batch(data.val_idx[i:i + t.batch_size], device)
+            _, metrics = run.loss_mod(codes, cond)
+            total += float(metrics["image_loss"]) * codes.shape[0]
+            n += codes.shape[0]
+    run.loss_mod.train()
+    return total / n
+
+
+def _full_state(run: Run) -> dict:
+    """The full (gathered) model state dict; collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(run.loss_mod, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.removeprefix("model."): v for k, v in full.items()}
+
+
+def checkpoint(run: Run, run_dir: Path) -> None:
+    """Write ``checkpoints/step-N`` (all ranks take part: FSDP gathers, every rank's RNG is kept)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    full = _full_state(run)
+    optim = get_optimizer_state_dict(run.loss_mod, run.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    rngs = [None] * run.env.world_size
+    if run.env.distributed:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    if run.env.is_main:
+        if not all(torch.isfinite(v).all() for v in full.values() if v.is_floating_point()):
+            raise VqgenError(f"step {run.step}: weights are not finite; no checkpoint written")
+        comps = {"model": _plain_copy(run.cfg, full)}
+        if run.ema is not None:
+            comps["ema"] = run.ema
+        save_checkpoint(run_dir, run.step, comps, {
+            "optimizer": optim, "batches": run.batches.state_dict(), "step": run.step, "skipped": run.skipped,
+            "rng": rngs, "metrics_bytes": metrics_bytes(run_dir)})
+    if run.env.distributed:
+        dist.barrier()
+
+
 # ----------------------------------------------------------------------------- the loop
 def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None, overrides: list[str] | None = None,
           steps: int | None = None, text_tokenizer: str | Path | None = None, show_progress: bool = True) -> TrainResult:
     """Train (or resume) a token transformer on CODES into RUN; returns the final figures."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict, set_optimizer_state_dict)
-
     run_dir = Path(run_dir)
     cfg, resuming = resolve_config(run_dir, preset, overrides or [], steps)
-    ckpt = latest_checkpoint(run_dir) if resuming else None
     env = init_distributed(cfg.train.device)
     try:
-        cfg, data, info, text_tok = prepare(cfg, codes_dir, run_dir, resuming, text_tokenizer)
-        t = cfg.train
+        cfg, data, info, text_tok = prepare(cfg, codes_dir, run_dir, resuming, _text_tokenizer(cfg, resuming, text_tokenizer))
+        if resuming:
+            cfg, _ = resolve_run_config(run_dir, cfg)  # the codes must still fit the saved model
+        t, device = cfg.train, env.device
         if t.fsdp and t.ema_decay > 0:
             raise ConfigError("train.ema_decay with train.fsdp=true is not supported")
         if t.fsdp and not env.distributed:
             raise ConfigError("train.fsdp=true needs several processes (run under torchrun)")
-        device = env.device
         if env.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / CONFIG_NAME)
+            save_run_config(cfg, run_dir)
             if text_tok is not None:
                 text_tok.save(run_dir / "tokenizer.json")
-
-        seed_everything(t.seed)
-        model = build_model(cfg.model)
-        model.text_tokenizer = text_tok if hasattr(model, "tokenize") else None
-        resume = None
-        if ckpt is not None:
-            from safetensors.torch import load_model
-
-            load_model(model, str(ckpt / "model" / "model.safetensors"), strict=True)
-            resume = load_resume(ckpt)
-        model.to(device)
-        ema = None
-        if t.ema_decay > 0:
-            ema = build_model(cfg.model).to(device).eval().requires_grad_(False)
-            ema.load_state_dict(model.state_dict())
-            if resume is not None:
-                from safetensors.torch import load_model
-
-                load_model(ema, str(ckpt / "ema" / "model.safetensors"), strict=True, device=str(device))
-        loss_mod: nn.Module = LossModule(model)
-        if t.fsdp:
-            from torch.distributed.fsdp import fully_shard
-
-            for blk in list(getattr(model, "encoder", [])) + list(model.blocks):
-                fully_shard(blk)
-            fully_shard(loss_mod)
-        elif env.distributed:
-            loss_mod = nn.parallel.DistributedDataParallel(loss_mod, device_ids=[device] if device.type == "cuda" else None)
-        step_fn = torch.compile(loss_mod) if t.compile else loss_mod
-        opt = make_optimizer(model, t)
-        batches = EpochBatches(len(data.train_idx), t.batch_size, seed=t.seed, rank=env.rank, world_size=env.world_size)
-        sd_opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        step, skipped = 0, 0
-        if resume is not None:
-            set_optimizer_state_dict(loss_mod, opt, optim_state_dict=resume["optimizer"], options=StateDictOptions(full_state_dict=True))
-            batches.load_state_dict(resume["batches"])
-            step, skipped = int(resume["step"]), int(resume["skipped"])
-            rngs = resume["rng"]
-            if len(rngs) == env.world_size:
-                set_rng_state(rngs[env.rank])
-            else:
-                seed_everything(t.seed + 1000 * env.rank + step)
-
+        report_skips(run_dir, codes_dir, len(data.codes), {}, env.is_main)
+        run = build_run(cfg, env, run_dir, text_tok, len(data.train_idx))
         logger = RunLogger(run_dir, enabled=env.is_main)
-        # no grids from a sharded model, nor from a text-after-image scorer (it cannot sample)
-        can_sample = not t.fsdp and not cfg.model.image_first
-        grids = SampleGrids(info, data, t.sample_rows, logger) if env.is_main and can_sample else None
-        if env.is_main and t.fsdp:
-            print("vqgen: no sample grids with train.fsdp=true (the model is sharded)")
+        grids = _sample_grids(cfg, env, info, data, logger)
         uni = unigram_loss(data.codes[data.train_idx], data.codes[data.val_idx], cfg.model.codebook_size)
         tokens_per_row = data.codes.shape[1] + (cfg.model.text.max_len if cfg.model.family == "unified" else 0)
 
-        def evaluate() -> float:
-            loss_mod.eval()
-            total, n = 0.0, 0
-            with torch.no_grad(), autocast(device, t.precision):
-                for i in range(0, min(len(data.val_idx), t.val_batches * t.batch_size), t.batch_size):
-                    codes, cond = data.batch(data.val_idx[i:i + t.batch_size], device)
-                    _, metrics = loss_mod(codes, cond)
-                    total += float(metrics["image_loss"]) * codes.shape[0]
-                    n += codes.shape[0]
-            loss_mod.train()
-            return total / n
-
-        def checkpoint() -> None:
-            full = get_model_state_dict(loss_mod, options=sd_opts)  # collective under FSDP
-            optim = get_optimizer_state_dict(loss_mod, opt, options=sd_opts)
-            rngs = [None] * env.world_size
-            if env.distributed:
-                dist.all_gather_object(rngs, rng_state())
-            else:
-                rngs = [rng_state()]
-            if env.is_main:
-                if not all(torch.isfinite(v).all() for v in full.values() if v.is_floating_point()):
-                    raise VqgenError(f"step {step}: weights are not finite; no checkpoint written")
-                plain = _plain_copy(cfg, {k.removeprefix("model."): v for k, v in full.items()})
-                comps = {"model": plain}
-                if ema is not None:
-                    comps["ema"] = ema
-                save_checkpoint(run_dir, step, comps, {
-                    "optimizer": optim, "batches": batches.state_dict(),
-                    "step": step, "skipped": skipped, "rng": rngs})
-            if env.distributed:
-                dist.barrier()
-
-        loss_mod.train()
-        it = iter(batches)
-        bar = progress(total=t.steps, initial=step, desc="train", enabled=env.is_main and show_progress)
-        bad_in_row, last_ckpt, t0, seen = 0, step, time.perf_counter(), 0
-        while step < t.steps:
-            lr = t.lr * lr_factor(step, t)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss_sum, local_bad, sums = 0.0, 0.0, {}
-            for micro in range(t.grad_accum):
-                codes, cond = data.batch(data.train_idx[next(it)], device)
-                cond = cond.drop(t.cond_dropout)
-                sync_off = isinstance(loss_mod, nn.parallel.DistributedDataParallel) and micro < t.grad_accum - 1
-                with (loss_mod.no_sync() if sync_off else _null()), autocast(device, t.precision):
-                    loss, metrics = step_fn(codes, cond)
-                if not torch.isfinite(loss):
-                    local_bad = 1.0
-                (loss / t.grad_accum).backward()
-                loss_sum += float(loss.detach()) / t.grad_accum
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accum
-                seen += codes.shape[0] * tokens_per_row * env.world_size
-            gnorm = _full_norm(nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf")))
-            flags = torch.tensor([loss_sum, local_bad], dtype=torch.float64, device=device)
-            if env.distributed:
-                dist.all_reduce(flags)
-                flags[0] /= env.world_size
-            ok = math.isfinite(gnorm) and float(flags[1]) == 0.0
-            if ok:
-                opt.step()
-                if ema is not None:
-                    with torch.no_grad():
-                        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - t.ema_decay)
-                bad_in_row = 0
-            else:
-                opt.zero_grad(set_to_none=True)
-                skipped += 1
-                bad_in_row += 1
-                if bad_in_row >= t.max_bad_steps:
-                    raise VqgenError(f"the loss was not finite for {bad_in_row} steps in a row (last at step {step + 1}); "
-                                     f"stopping without a checkpoint. Lower train.lr, use train.norm=sandwich or fp32")
-            step += 1
+        batches = iter(run.batches)
+        bar = progress(total=t.steps, initial=run.step, desc="train", enabled=env.is_main and show_progress)
+        last_ckpt, t0, seen = run.step, time.perf_counter(), 0
+        while run.step < t.steps:
+            row, ok, rows = train_step(run, data, batches, device)
+            seen += rows * tokens_per_row * env.world_size
             bar.update(1)
-            if env.is_main and (step % max(1, t.log_every) == 0 or step == t.steps):
-                dt = time.perf_counter() - t0
-                row = {"loss": float(flags[0]), "lr": lr, "grad_norm": gnorm,
-                       "tokens_per_s": seen / max(dt, 1e-9), "skipped_steps": skipped, **sums}
-                logger.log(step, row)
-                bar.set_postfix(loss=f"{float(flags[0]):.3f}")
+            if env.is_main and (run.step % max(1, t.log_every) == 0 or run.step == t.steps):
+                logger.log(run.step, {**row, "tokens_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
                 t0, seen = time.perf_counter(), 0
-            if t.val_every and step % t.val_every == 0 and step != t.steps:
-                val = evaluate()
-                if env.is_main:
-                    logger.log(step, {"val_loss": val, "unigram_val_loss": uni})
-            if grids is not None and t.sample_every and step % t.sample_every == 0:
-                grids(model, step, device)
-            if ok and t.ckpt_every and step % t.ckpt_every == 0 and step != t.steps:
-                checkpoint()
-                last_ckpt = step
+            if t.val_every and run.step % t.val_every == 0 and run.step != t.steps:
+                val = evaluate(run, data, device)
+                logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni})
+            if grids is not None and t.sample_every and run.step % t.sample_every == 0:
+                grids(run.model, run.step, device)
+            if ok and t.ckpt_every and run.step % t.ckpt_every == 0 and run.step != t.steps:
+                checkpoint(run, run_dir)
+                last_ckpt = run.step
         bar.close()
-        val = evaluate()
-        if env.is_main:
-            logger.log(step, {"val_loss": val, "unigram_val_loss": uni})
-        if last_ckpt != step:
-            checkpoint()
-        if env.is_main:
-            final = ema if ema is not None else _plain_copy(cfg, {k.removeprefix("model."): v for k, v in
-                                                                  get_model_state_dict(loss_mod, options=sd_opts).items()})
-            final.text_tokenizer = text_tok if hasattr(final, "tokenize") else None
-            if grids is not None:
-                grids(final.to(device), step, device)
-            _save_final(final, run_dir / "model")
-            logger.close()
-        elif t.fsdp:
-            get_model_state_dict(loss_mod, options=sd_opts)  # the final gather is collective
-        if env.distributed:
-            dist.barrier()
-        return TrainResult(run_dir=run_dir, step=step, val_loss=val, unigram_val_loss=uni, skipped_steps=skipped)
+        if last_ckpt != run.step:
+            checkpoint(run, run_dir)
+        val = evaluate(run, data, device)  # logged after the last checkpoint: a re-run logs it once
+        logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni})
+        _save_final_model(run, run_dir, text_tok, grids)
+        logger.close()
+        return TrainResult(run_dir=run_dir, step=run.step, val_loss=val, unigram_val_loss=uni, skipped_steps=run.skipped)
     finally:
         cleanup_distributed()
 
 
-def _null():
-    import contextlib
+def _text_tokenizer(cfg: RunConfig, resuming: bool, given: str | Path | None) -> str | Path | None:
+    """The BPE to use: the one given, else ``init_from``'s (its token ids are what its weights learnt)."""
+    if given or resuming or not cfg.train.init_from:
+        return given
+    path = model_dir(cfg.train.init_from) / "tokenizer.json"
+    return path if path.is_file() else None
 
-    return contextlib.nullcontext()
+
+def _sample_grids(cfg: RunConfig, env: DistInfo, info: dict, data: TrainData, logger: RunLogger) -> SampleGrids | None:
+    """Sample grids on the main rank; none from a sharded model, nor from a text-after-image scorer."""
+    if env.is_main and cfg.train.fsdp:
+        print("vqgen: no sample grids with train.fsdp=true (the model is sharded)")
+    if not env.is_main or cfg.train.fsdp or cfg.model.image_first:
+        return None
+    return SampleGrids(info, data, cfg.train.sample_rows, logger)
+
+
+def _save_final_model(run: Run, run_dir: Path, text_tok, grids: SampleGrids | None) -> None:
+    """``RUN/model``: the EMA if kept, else the trained weights (gathered from every rank)."""
+    full = _full_state(run) if run.ema is None else None  # collective under FSDP
+    if run.env.is_main:
+        final = run.ema if run.ema is not None else _plain_copy(run.cfg, full)
+        final.text_tokenizer = text_tok if hasattr(final, "tokenize") else None
+        if grids is not None:
+            grids(final.to(run.env.device), run.step, run.env.device)
+        save_final(final, run_dir / "model")
+    if run.env.distributed:
+        dist.barrier()
 
 
 def _plain_copy(cfg: RunConfig, state: dict) -> TokenModel:
@@ -470,15 +491,3 @@ def _plain_copy(cfg: RunConfig, state: dict) -> TokenModel:
         model = build_model(cfg.model)
     model.load_state_dict({k: v.detach().cpu().clone() for k, v in state.items()}, strict=True, assign=True)
     return model.eval()
-
-
-def _save_final(model: TokenModel, out: Path) -> None:
-    import shutil
-
-    from vqgen.io import replace_dir
-
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    replace_dir(tmp, out)
