@@ -3,9 +3,9 @@ from typing import Literal
 
 import pytest
 
-from vqgen.config import (apply_overrides, from_dict, get_preset, load_config, register_preset, require,
-                          save_config, to_dict)
+from vqgen.config import apply_overrides, from_dict, get_preset, register_preset, require, to_dict
 from vqgen.errors import ConfigError
+from vqgen.io import load_config, save_config
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,13 @@ def test_json_round_trip_and_strictness(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(Outer, tmp_path / "bad.json")
+
+
+def test_config_module_touches_no_files_and_imports_no_io():
+    """config.py sits below io.py (no cycle): reading and writing config files is vqgen.io's job."""
+    import subprocess
+    import sys
+
+    code = "import sys, vqgen.config\nprint('vqgen.io' in sys.modules, hasattr(vqgen.config, 'save_config'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from vqgen import __version__
-from vqgen.errors import VqgenError
+from vqgen.errors import ConfigWarning, VqgenError
 
 # Modules that define ``register(subparsers)``; one line per area.
 COMMAND_MODULES = [
@@ -39,7 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    if issubclass(category, ConfigWarning):
+        return f"vqgen: warning: {message}\n"
+    return _plain_format(message, category, filename, lineno, line)
+
+
+_plain_format = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning  # a ConfigWarning is one line, like errors
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

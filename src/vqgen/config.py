@@ -9,7 +9,12 @@ Value checks belong in the class's ``__post_init__`` (raise ``ConfigError`` nami
 
     cfg = get_preset("tokenizer", "tiny")
     cfg = apply_overrides(cfg, ["quantizer.codebook_size=64", "depth=2"])
-    save_config(cfg, run_dir / "config.json")
+
+A base config may stand for a family of configs: a classmethod ``config_for(data) -> type`` picks
+the subclass a dict describes (e.g. by its ``family``), and ``from_dict`` and overrides follow it.
+``legacy_keys`` (a class attribute) names keys older files may carry that the class no longer
+has; they are dropped on load. This module touches no files: ``vqgen.io`` reads and writes them
+(``save_config``, ``load_config``).
 """
 from __future__ import annotations
 
@@ -17,7 +22,6 @@ import dataclasses
 import json
 import types
 import typing
-from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar, Union, get_args, get_origin
 
 from vqgen.errors import ConfigError
@@ -119,15 +123,23 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     raise ConfigError(f"config field {name!r} must be {_type_name(tp)}, got {value!r}")
 
 
+def concrete_class(cls: type, data: dict) -> type:
+    """The config class ``data`` describes: ``cls`` itself, or the subclass its ``config_for`` picks."""
+    pick = getattr(cls, "config_for", None)
+    return pick(data) if pick is not None else cls
+
+
 def from_dict(cls: type[C], data: dict, prefix: str = "") -> C:
     """Build config ``cls`` from a dict, strictly: unknown keys and wrong types name the field.
 
-    Missing keys take the class's defaults, so configs saved by older versions still load.
+    Missing keys take the class's defaults (``missing_fields`` lists them; ``vqgen.io`` warns).
     """
     if not isinstance(data, dict):
         raise ConfigError(f"config {prefix or cls.__name__} must be an object, got {data!r}")
+    cls = concrete_class(cls, data)
     types_ = _field_types(cls)
-    unknown = [k for k in data if k not in types_ and k not in RESERVED_KEYS]
+    ignored = set(RESERVED_KEYS) | set(getattr(cls, "legacy_keys", ()))
+    unknown = [k for k in data if k not in types_ and k not in ignored]
     if unknown:
         raise ConfigError(f"unknown config field {prefix + unknown[0]!r} for {cls.__name__}")
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items() if k in types_}
@@ -135,6 +147,20 @@ def from_dict(cls: type[C], data: dict, prefix: str = "") -> C:
         return cls(**kwargs)
     except TypeError as e:  # a required field without default is missing
         raise ConfigError(f"config {cls.__name__}: {e}") from None
+
+
+def missing_fields(cls: type, data: dict, prefix: str = "") -> list[str]:
+    """Fields of config ``cls`` (nested ones dotted) that ``data`` does not give."""
+    cls = concrete_class(cls, data)
+    out = []
+    for name, tp in _field_types(cls).items():
+        if name not in data:
+            out.append(prefix + name)
+            continue
+        inner = _is_optional(tp)[1]
+        if dataclasses.is_dataclass(inner) and isinstance(data[name], dict):
+            out += missing_fields(inner, data[name], f"{prefix}{name}.")
+    return out
 
 
 def to_dict(cfg) -> dict:
@@ -198,6 +224,11 @@ def _set_path(cfg, path: list[str], raw: str, full: str):
             raise ConfigError(f"config field {'.'.join(full.split('.')[:-len(path) + 1])!r} has no sub-fields")
         return dataclasses.replace(cfg, **{head: _set_path(child, path[1:], raw, full)})
     value = _coerce(_parse_scalar(raw, tp, full), tp, full)
+    data = dict(to_dict(cfg), **{head: to_dict(value) if dataclasses.is_dataclass(value) else value})
+    target = concrete_class(type(cfg), data)
+    if target is not type(cfg):  # e.g. model.family=parti turns a VIM config into a Parti one
+        keep = _field_types(target)
+        return from_dict(target, {k: v for k, v in data.items() if k in keep})
     try:
         return dataclasses.replace(cfg, **{head: value})
     except ConfigError:
@@ -217,27 +248,6 @@ def apply_overrides(cfg: C, overrides: list[str] | None) -> C:
             raise ConfigError(f"override {item!r} has no field name")
         cfg = _set_path(cfg, key.split("."), raw, key)
     return cfg
-
-
-def save_config(cfg, path: str | Path, **extra) -> None:
-    """Write ``cfg`` (plus reserved ``extra`` keys such as model_type) as JSON, atomically."""
-    from vqgen.io import atomic_write_text
-
-    data = dict(extra)
-    data.update(to_dict(cfg))
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def load_config(cls: type[C], path: str | Path) -> C:
-    """Read a config JSON written by ``save_config`` into ``cls``, strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-    return from_dict(cls, data)
 
 
 def require(cond: bool, field: str, message: str) -> None:

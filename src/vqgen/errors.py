@@ -7,3 +7,8 @@ class VqgenError(Exception):
 
 class ConfigError(VqgenError, ValueError):
     """A bad config: unknown field, wrong type or invalid value (the message names the field)."""
+
+
+class ConfigWarning(UserWarning):
+    """A config that loads but deserves a look (e.g. fields missing from a saved file: defaults used).
+    The command line prints it as one line, ``vqgen: warning: ...``."""

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vqgen.config import get_preset, load_config, register_preset, require, save_config
+from vqgen.config import get_preset, register_preset, require
 from vqgen.errors import VqgenError
 from vqgen.metrics.reconstruction import ms_ssim, psnr, ssim
-from vqgen.io import replace_dir
+from vqgen.io import load_config, replace_dir, save_config
 from vqgen.runtime import (EpochBatches, RunLogger, latest_checkpoint, load_resume, pick_device, progress,
                            rng_state, save_checkpoint, seed_everything, set_rng_state)
 from vqgen.superres.model import FAMILY as MODEL_FAMILY

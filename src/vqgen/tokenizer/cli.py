@@ -103,7 +103,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from vqgen.config import load_config
+    from vqgen.io import load_config
     from vqgen.metrics.fid import load_feature_extractor
     from vqgen.runtime import pick_device
     from vqgen.tokenizer.config import TokenizerTrainConfig

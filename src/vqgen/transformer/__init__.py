@@ -1,21 +1,37 @@
 """Stage 2: token transformers over image codes (VIM, Parti, unified text+image stream),
-their shared layers, presets and the training loop. See ``base`` for the sampler contract."""
+their shared layers, presets and the training loop. See ``base`` for the sampler contract.
+
+The names below load on first use, so ``vqgen --help`` (which imports ``vqgen.transformer.cli``)
+does not import torch. A family's model class is found by its name through the one model
+registry (:func:`vqgen.io.model_class`).
+"""
 from __future__ import annotations
 
-from vqgen.transformer.base import NULL_CLASS, Condition, KVCache, TokenModel, TokenOutput
-from vqgen.transformer.config import RunConfig, TextConfig, TrainConfig, TransformerConfig
+import importlib
 
-FAMILIES = {"vim": "vqgen.transformer.vim:VIM", "parti": "vqgen.transformer.parti:Parti",
-            "unified": "vqgen.transformer.unified:Unified"}
+_EXPORTS = {
+    "NULL_CLASS": "vqgen.transformer.base",
+    "Condition": "vqgen.transformer.base",
+    "KVCache": "vqgen.transformer.base",
+    "TokenModel": "vqgen.transformer.base",
+    "TokenOutput": "vqgen.transformer.base",
+    "RunConfig": "vqgen.transformer.config",
+    "TextConfig": "vqgen.transformer.config",
+    "TrainConfig": "vqgen.transformer.config",
+    "TransformerConfig": "vqgen.transformer.config",
+}
+
+__all__ = sorted([*_EXPORTS, "build_model"])
 
 
-def build_model(config: TransformerConfig) -> TokenModel:
-    """The model of ``config.family`` (fresh weights)."""
-    import importlib
+def build_model(config):
+    """The model of ``config.family`` with fresh weights."""
+    from vqgen.io import model_class
 
-    module, name = FAMILIES[config.family].split(":")
-    return getattr(importlib.import_module(module), name)(config)
+    return model_class(config.family)(config)
 
 
-__all__ = ["NULL_CLASS", "Condition", "KVCache", "TokenModel", "TokenOutput", "RunConfig", "TextConfig",
-           "TrainConfig", "TransformerConfig", "build_model"]
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vqgen.transformer' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
