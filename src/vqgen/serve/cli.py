@@ -6,6 +6,7 @@ import os
 import sys
 
 from vqgen.cli import positive_float, positive_int
+from vqgen.serve.limits import ServerLimits
 
 
 def register(sub) -> None:
@@ -13,7 +14,8 @@ def register(sub) -> None:
         "serve", help="serve a text-to-image model over HTTP (OpenAI images API) with a web page",
         description="Serve a text-to-image pipeline: POST /v1/images/generations in the OpenAI images "
                     "shape (the openai client works with base_url=http://HOST:PORT/v1), requests "
-                    "batched across clients, a web page at /, API docs at /docs.")
+                    "batched across clients, a web page at /, API docs at /docs (they need the "
+                    "key too).")
     p.add_argument("--model", metavar="DIR", default=None,
                    help="pipeline directory (default: the bundled default model)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1, ...")
@@ -21,8 +23,9 @@ def register(sub) -> None:
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("VQGEN_API_KEY"), metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on every route but /health, the page and "
-                        "the docs (default: $VQGEN_API_KEY, else no key)")
+                   help="require 'Authorization: Bearer KEY' on every route but /health, the page shell "
+                        "and signed image URLs; the API docs and schema need it too "
+                        "(default: $VQGEN_API_KEY, else no key)")
     p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
                    help="most images sampled together in one loop (default 8)")
     p.add_argument("--max-queue", type=positive_int, default=64, metavar="N",
@@ -36,6 +39,13 @@ def register(sub) -> None:
                         "(default 10)")
     p.add_argument("--url-ttl", type=positive_float, default=3600.0, metavar="SECONDS",
                    help="how long images answered as URLs stay downloadable (default 3600)")
+    p.add_argument("--read-timeout", type=positive_float, default=ServerLimits.read_timeout, metavar="SECONDS",
+                   help="seconds a client has to send a whole request (line, headers, body) after "
+                        "connecting or after its first byte; slower clients get 408 and are "
+                        f"disconnected (default {ServerLimits.read_timeout:g})")
+    p.add_argument("--max-connections", type=positive_int, default=ServerLimits.max_connections, metavar="N",
+                   help="open connections past which requests are answered 503 "
+                        f"(default {ServerLimits.max_connections})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="server log level (default info)")
     p.set_defaults(func=run_serve)
@@ -53,7 +63,8 @@ def run_serve(args) -> int:
 
     from vqgen.runtime import pick_device
     from vqgen.serve.app import ServeConfig, create_app
-    from vqgen.serve.server import bind_socket, make_server
+    from vqgen.serve.limits import make_limited_server
+    from vqgen.serve.server import bind_socket
 
     config = ServeConfig(
         model_id=os.path.basename(os.path.normpath(args.model)) if args.model else "vqgen-default",
@@ -73,7 +84,8 @@ def run_serve(args) -> int:
         host, port = sock.getsockname()[:2]
         print(f"vqgen: serving {config.model_id} at http://{host}:{port}/ (API base "
               f"http://{host}:{port}/v1, docs /docs)", file=sys.stderr)
-        make_server(app, sock, args.log_level).run(sockets=[sock])
+        limits = ServerLimits(read_timeout=args.read_timeout, max_connections=args.max_connections)
+        make_limited_server(app, sock, args.log_level, limits).run(sockets=[sock])
     finally:
         sock.close()
     return 0
