@@ -95,6 +95,7 @@ def random_tiny_pipeline(device="cpu"):
     import vqgen.tokenizer.config  # noqa: F401  (registers the tokenizer presets)
     from vqgen.config import get_preset
     from vqgen.pipelines import TextToImagePipeline
+    from vqgen.sampling import SamplingConfig
     from vqgen.text.bpe import TextTokenizer
     from vqgen.tokenizer.vit_vqgan import ViTVQGAN
     from vqgen.transformer import build_model
@@ -106,7 +107,8 @@ def random_tiny_pipeline(device="cpu"):
                   quantizer=replace(vit.quantizer, codebook_size=model.codebook_size))
     transformer = build_model(model)
     transformer.text_tokenizer = TextTokenizer.train(PROMPTS * 4, vocab_size=model.text.vocab_size)
-    return TextToImagePipeline(ViTVQGAN(vit).to(device).eval(), transformer.to(device).eval())
+    return TextToImagePipeline(ViTVQGAN(vit).to(device).eval(), transformer.to(device).eval(),
+                               sampling=SamplingConfig(guidance_scale=3.0))
 
 
 def main() -> None:

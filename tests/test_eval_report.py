@@ -8,32 +8,18 @@ import pytest
 import torch
 
 from vqgen.cli import main
-from vqgen.config import apply_overrides, get_preset
-from vqgen.shapes.suite import build_suite
 from vqgen.errors import VqgenError
 from vqgen.eval.report import ReportSettings, evaluate_pipeline, parse_guidance, select_prompts, setting_rows
 from vqgen.pipelines import TextToImagePipeline
-from vqgen.rerank import ClipReranker
-from vqgen.text.bpe import TextTokenizer
-from vqgen.tokenizer.config import FAMILY as TOKENIZER_PRESETS
-from vqgen.tokenizer.vit_vqgan import ViTVQGAN
-from vqgen.transformer import build_model
+from vqgen.sampling import SamplingConfig
+from vqgen.shapes.suite import build_suite
+from tests.tiny import tiny_pipeline as build_tiny
 
 
 def tiny_pipeline(with_reranker: bool = True) -> TextToImagePipeline:
     """16 px images from 4x4 codes, a one-block Parti, and a tiny reranker (random weights)."""
-    torch.manual_seed(0)
-    tokenizer = ViTVQGAN(get_preset(TOKENIZER_PRESETS, "tiny").vit).eval()
-    run = apply_overrides(get_preset("transformer", "parti-tiny"),
-                          ["model.grid=4,4", "model.codebook_size=64", "model.dim=32", "model.mlp_dim=64",
-                           "model.depth=1"])
-    model = build_model(run.model).eval()
-    model.text_tokenizer = TextTokenizer.train([s["prompt"] for s in build_suite()], vocab_size=64, min_frequency=1)
-    reranker = None
-    if with_reranker:
-        clip = apply_overrides(get_preset("clip_reranker", "tiny"), [f"vocab_size={model.text_tokenizer.vocab_size}"])
-        reranker = ClipReranker(clip, model.text_tokenizer).eval()
-    return TextToImagePipeline(tokenizer, model, reranker=reranker)
+    return build_tiny(reranker="clip" if with_reranker else None, captions=[s["prompt"] for s in build_suite()],
+                      sampling=SamplingConfig(guidance_scale=3.0))
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +38,12 @@ class RenderingPipe:
     report's accuracies are then known from the renders."""
 
     device = torch.device("cpu")
+    sampling = SamplingConfig()
 
     def __init__(self, suite: list[dict]):
         self.specs = {s["prompt"]: s["spec"] for s in suite}
         self.others = {s["prompt"]: suite[(i + 1) % len(suite)]["spec"] for i, s in enumerate(suite)}
-        self.reranker = self
+        self.rerank_stage = self
 
     def __call__(self, prompts, num_images, guidance_scale, generator, output_type, **_):
         from vqgen.data.image import to_tensor

@@ -323,3 +323,69 @@ def test_the_bundled_model_loads_and_draws_what_it_is_asked():
     out = p(item["prompt"], num_images=2, generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images[0].shape == (64, 64, 3) and out.scores.shape == (2,)
     assert sum(score(im, item["spec"]).passed for im in out.images) >= 1  # single objects pass 0.97 of the time
+
+
+# ----------------------------------------------------------------------------- the commands
+def test_generate_command_with_the_bundled_model(tmp_path, capsys):
+    """`vqgen generate` end to end: PNGs and a grid; batches do not change the images; the images
+    are those the server gives for the same seed (one generator per image from (seed, index))."""
+    from vqgen.cli import main
+    from vqgen.pipelines import load_pipeline
+    from vqgen.sampling import image_generators
+
+    args = ["generate", "a blue square", "-n", "3", "--rerank", "1", "--seed", "5", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--batch-size", "2", "--grid"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith("3 images of 'a blue square'")
+    files = sorted((tmp_path / "a").glob("*.png"))
+    assert [f.name for f in files] == [f"a-blue-square-s5-{i}.png" for i in range(3)] + ["a-blue-square-s5-grid.png"]
+    assert main(args + ["--out", str(tmp_path / "b"), "--batch-size", "3"]) == 0
+    for i in range(3):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / f"a-blue-square-s5-{i}.png")),
+                              np.asarray(Image.open(tmp_path / "b" / f"a-blue-square-s5-{i}.png")))
+    pipe = load_pipeline()
+    direct = pipe(["a blue square"] * 3, rerank=1, generator=image_generators(5, 3), output_type="np")
+    assert np.array_equal(direct.images[2], np.asarray(Image.open(files[2])))
+
+
+def test_generate_command_for_class_and_unconditional_pipelines(tmp_path, capsys):
+    from vqgen.cli import main
+
+    classes = tiny_pipeline("vim", num_classes=3, class_names=["cat", "dog", "owl"]).save_pretrained(tmp_path / "c")
+    assert main(["generate", "--model", str(classes), "--class", "owl", "-n", "2", "--out", str(tmp_path / "o1"),
+                 "--no-progress"]) == 0
+    assert sorted(f.name for f in (tmp_path / "o1").glob("*.png")) == ["owl-s0-0.png", "owl-s0-1.png"]
+    assert main(["generate", "dog", "--model", str(classes), "-n", "1", "--out", str(tmp_path / "o1"),
+                 "--no-progress"]) == 0
+    assert main(["generate", "--model", str(classes), "--class", "emu", "--out", str(tmp_path / "o1")]) == 2
+    assert "unknown class 'emu'" in capsys.readouterr().err
+    plain = tiny_pipeline("vim").save_pretrained(tmp_path / "u")
+    assert main(["generate", "--model", str(plain), "-n", "2", "--out", str(tmp_path / "o2"), "--no-progress"]) == 0
+    first = tmp_path / "o2" / "image-s0-0.png"
+    assert main(["generate", "--model", str(plain), "-n", "2", "--prefix-image", str(first), "--prefix-rows", "2",
+                 "--out", str(tmp_path / "o3"), "--no-progress"]) == 0
+    assert len(list((tmp_path / "o3").glob("*.png"))) == 2
+    assert main(["generate", "a cat", "--model", str(plain), "--out", str(tmp_path / "o2")]) == 2
+    assert "unconditional" in capsys.readouterr().err
+
+
+def test_pipeline_build_and_clusters_commands(tmp_path, capsys):
+    from vqgen.cli import main
+
+    parts = tiny_components(reranker="clip")
+    for name, model in parts.items():
+        model.save_pretrained(tmp_path / name / "model")  # a training run keeps its model in model/
+    assert main(["pipeline", "build", "--tokenizer", str(tmp_path / "tokenizer"),
+                 "--transformer", str(tmp_path / "transformer"), "--reranker", str(tmp_path / "reranker"),
+                 "--out", str(tmp_path / "p"), "--set", "guidance_scale=2", "--set", "rerank=2"]) == 0
+    built = TextToImagePipeline.from_pretrained(tmp_path / "p")
+    assert built.sampling.rerank == 2 and built.sampling.guidance_scale == 2.0 and built.clusters is None
+    assert main(["pipeline", "clusters", str(tmp_path / "p"), "--num", "6"]) == 0
+    clustered = TextToImagePipeline.from_pretrained(tmp_path / "p")
+    assert clustered.clusters.shape == (64,) and int(clustered.clusters.max()) == 5
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--model", str(tmp_path / "p"), "--cluster", "2", "-n", "1",
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert main(["pipeline", "build", "--tokenizer", str(tmp_path / "tokenizer"), "--transformer",
+                 str(tmp_path / "transformer"), "--out", str(tmp_path / "q"), "--set", "rerank=0"]) == 2
+    assert "rerank" in capsys.readouterr().err

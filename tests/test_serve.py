@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgen.errors import VqgenError
+from vqgen.errors import ConfigError, VqgenError
+from vqgen.sampling import SamplingConfig
 
 fastapi = pytest.importorskip("fastapi", reason="vqgen serve needs fastapi (the 'serve' extra)")
 uvicorn = pytest.importorskip("uvicorn", reason="vqgen serve needs uvicorn (the 'serve' extra)")
@@ -21,30 +22,16 @@ httpx = pytest.importorskip("httpx", reason="the serve tests need httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from vqgen.serve.app import ImageStore, ServeConfig, create_app  # noqa: E402
-from vqgen.serve.batcher import image_generators  # noqa: E402
+from vqgen.sampling import image_generators  # noqa: E402
 from vqgen.serve.server import serve_in_thread as running_server  # noqa: E402
 
 
 def tiny_pipeline(max_prompt_length: int = 40):
-    """A real ``TextToImagePipeline`` with random tiny weights: 16 px images from 4x4 codes."""
-    import vqgen.tokenizer.config  # noqa: F401  (registers the tokenizer presets)
-    from vqgen.config import get_preset
-    from vqgen.pipelines import PipelineDefaults, TextToImagePipeline
-    from vqgen.text.bpe import TextTokenizer
-    from vqgen.tokenizer.vit_vqgan import ViTVQGAN
-    from vqgen.transformer.config import TextConfig, TransformerConfig
-    from vqgen.transformer.parti import Parti
+    """A real ``TextToImagePipeline`` with random tiny weights: 16 px images from 4x4 codes, guidance 3 by default."""
+    from vqgen.sampling import SamplingConfig
+    from tests.tiny import tiny_pipeline as build
 
-    torch.manual_seed(0)
-    tokenizer = ViTVQGAN(get_preset("tokenizer", "tiny").vit)
-    config = TransformerConfig(family="parti", dim=32, depth=1, encoder_depth=1, heads=2, mlp_dim=64, dropout=0.0,
-                               grid=tuple(tokenizer.grid_size), codebook_size=64,
-                               text=TextConfig(vocab_size=50, max_len=16))
-    transformer = Parti(config)
-    transformer.text_tokenizer = TextTokenizer.train(["a red circle", "two blue squares", "a green triangle"] * 5,
-                                                     vocab_size=50)
-    return TextToImagePipeline(tokenizer.eval(), transformer.eval(),
-                               defaults=PipelineDefaults(max_prompt_length=max_prompt_length))
+    return build(sampling=SamplingConfig(guidance_scale=3.0), max_prompt_length=max_prompt_length)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +48,8 @@ class FakePipeline:
 
     image_size = 16
     max_prompt_length = 40
+    upsample_scale = None
+    sampling = SamplingConfig(guidance_scale=3.0)
 
     def __init__(self, gate: threading.Event | None = None, fail: bool = False):
         self.calls: list[list[str]] = []
@@ -73,8 +62,13 @@ class FakePipeline:
             raise VqgenError("bad prompt length")
         return prompt
 
-    def __call__(self, prompt, num_images=1, guidance_scale=3.0, temperature=1.0, top_k=None,
-                 top_p=None, rerank=None, super_resolution=False, generator=None, output_type="pil"):
+    def check_settings(self, settings: SamplingConfig) -> SamplingConfig:
+        if settings.rerank > 1:
+            raise ConfigError("rerank: reranking needs a pipeline with a reranker/ component (use 1)")
+        return settings
+
+    def __call__(self, prompt, num_images=1, settings=None, guidance_scale=None, super_resolution=False,
+                 generator=None, output_type="pil"):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self.calls.append(prompts)
         self.started.set()
@@ -176,11 +170,14 @@ BAD_REQUESTS = [
     ("unknown field", {"prompt": "a", "colour": "red"}, "unknown field 'colour'", "colour"),
     ("OpenAI-only option", {"prompt": "a", "quality": "hd"}, "OpenAI option vqgen does not support", "quality"),
     ("streaming asked for", {"prompt": "a", "stream": True}, "streaming is not supported", "stream"),
-    ("negative guidance", {"prompt": "a", "guidance_scale": -1}, "greater than or equal to 0", "guidance_scale"),
+    ("negative guidance", {"prompt": "a", "guidance_scale": -1}, "must be a number in [0, 100]", "guidance_scale"),
     ("guidance a string", {"prompt": "a", "guidance_scale": "high"}, "valid number", "guidance_scale"),
     ("negative seed", {"prompt": "a", "seed": -3}, "greater than or equal to 0", "seed"),
-    ("top_p out of range", {"prompt": "a", "top_p": 1.5}, "less than or equal to 1", "top_p"),
-    ("rerank without a reranker", {"prompt": "a", "rerank": 4}, "needs a model with a reranker", "rerank"),
+    ("top_p out of range", {"prompt": "a", "top_p": 1.5}, "must be in (0, 1]", "top_p"),
+    ("rerank without a reranker", {"prompt": "a", "rerank": 4}, "needs a pipeline with a reranker", "rerank"),
+    ("rerank over the limit", {"prompt": "a", "rerank": 10_000}, "must be 1..16", "rerank"),
+    ("unknown decoder", {"prompt": "a", "decoder": "magic"}, "unknown decoder 'magic'", "decoder"),
+    ("cluster without clusters", {"prompt": "a", "cluster": 4}, "no codebook clusters", "cluster"),
 ]
 
 

@@ -23,6 +23,7 @@ def tiny_components(family: str = "parti", num_classes: int = 0, reranker: str |
     (``"clip"`` or ``"caption"``) and ``upsampler``; ``family`` is vim, parti or unified.
     ``tokenizer_classes`` > 0 gives the tokenizer a class-conditioned decoder."""
     import vqgen.tokenizer.config  # noqa: F401  (registers the tokenizer presets)
+    import vqgen.transformer.config  # noqa: F401  (registers the transformer presets)
     from vqgen.rerank import ClipReranker
     from vqgen.superres.model import SuperResConfig, SuperResolution
     from vqgen.text.bpe import TextTokenizer

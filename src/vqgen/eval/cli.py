@@ -51,6 +51,12 @@ def register(sub) -> None:
                    help="with --model: sampling temperature (default: the pipeline's)")
     p.add_argument("--top-k", type=int, default=None, help="with --model: top-k sampling (default: the pipeline's)")
     p.add_argument("--top-p", type=float, default=None, help="with --model: top-p sampling (default: the pipeline's)")
+    p.add_argument("--cluster", type=int, default=None, metavar="N",
+                   help="with --model: CogView2 cluster sampling, keep the N most likely codebook clusters "
+                        "(needs a pipeline with clusters; 0 = off; default: the pipeline's)")
+    p.add_argument("--decoder", "--sampler", default=None, metavar="NAME",
+                   help="with --model: the decoder that writes the codes, e.g. autoregressive (default: the "
+                        "pipeline's)")
     p.add_argument("--out", metavar="REPORT_DIR", default=None, help="with --model: report folder to write (required)")
     p.add_argument("--data-out", metavar="DIR", default=None,
                    help="with --model: write results.jsonl and images/ here instead of into REPORT_DIR "
@@ -122,13 +128,13 @@ def _shapes_model(args) -> int:
     if args.reranker:
         from vqgen.rerank.train import load_reranker
 
-        reranker = load_reranker(args.reranker, device).eval()
-        pipe = TextToImagePipeline(pipe.tokenizer, pipe.transformer, reranker=reranker, superres=pipe.superres,
-                                   defaults=pipe.defaults)
-    guidance = parse_guidance(args.guidance) if args.guidance else (float(pipe.defaults.guidance_scale),)
-    settings = ReportSettings(guidance=guidance, samples=args.samples, rerank=args.rerank,
-                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                              batch=args.batch, keep_images=not args.no_images)
+        pipe = pipe.with_components(reranker=load_reranker(args.reranker, device).eval())
+    sampling = pipe.check_settings(pipe.sampling.merged(temperature=args.temperature, top_k=args.top_k,
+                                                        top_p=args.top_p, cluster=args.cluster,
+                                                        decoder=args.decoder))
+    guidance = parse_guidance(args.guidance) if args.guidance else (sampling.guidance_scale,)
+    settings = ReportSettings(guidance=guidance, samples=args.samples, rerank=args.rerank, sampling=sampling,
+                              seed=args.seed, batch=args.batch, keep_images=not args.no_images)
     summary = evaluate_pipeline(pipe, suite, args.out, settings, show_progress=not args.no_progress,
                                 meta={"model": str(args.model), "command": _command(args, guidance)},
                                 data_dir=args.data_out)
@@ -145,7 +151,8 @@ def _command(args, guidance: tuple[float, ...]) -> str:
     for flag, value in (("--prompts", args.prompts), ("--per-category", args.per_category),
                         ("--rerank", args.rerank or None), ("--reranker", args.reranker),
                         ("--data-out", args.data_out),
-                        ("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p)):
+                        ("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p),
+                        ("--cluster", args.cluster), ("--decoder", args.decoder)):
         if value is not None:
             parts.append(f"{flag} {value}")
     if args.no_images:

@@ -1,7 +1,7 @@
 """The shapes evaluation report of a text-to-image pipeline (``vqgen eval shapes --model DIR``).
 
 Every prompt of a suite is generated ``samples`` times at each guidance scale, every image is
-scored with the exact evaluator (:func:`vqgen.eval.shapes.score`), and a report folder is written::
+scored with the exact evaluator (:func:`vqgen.shapes.evaluator.score`), and a report folder is written::
 
     REPORT_DIR/
       report.md                   accuracy per category and setting, criteria, rerank gain
@@ -24,10 +24,9 @@ candidate passes).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vqgen.shapes.vocabulary import CATEGORIES
 from vqgen.errors import VqgenError
+from vqgen.sampling.settings import SamplingConfig, check_guidance
 
 REPORT_NAME = "report.md"
 SUMMARY_NAME = "summary.json"
@@ -49,22 +49,24 @@ PASS_RGB, FAIL_RGB = (40, 170, 60), (220, 40, 40)
 @dataclass(frozen=True)
 class ReportSettings:
     """What to generate: ``samples`` kept images per prompt at each ``guidance`` scale, each the best
-    (and a random one) of ``rerank`` candidates when ``rerank`` > 1; ``batch`` images per call."""
+    (and a random one) of ``rerank`` candidates when ``rerank`` > 1; ``batch`` images per call.
+    ``sampling``: the decoder settings (None: the pipeline's own); its guidance and rerank are
+    replaced by the sweep's."""
 
     guidance: tuple[float, ...] = (3.0,)
     samples: int = 4
     rerank: int = 0
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
+    sampling: SamplingConfig | None = None
     seed: int = 0
     batch: int = 64
     keep_images: bool = True
     grid_prompts: int = 6
 
     def __post_init__(self):
-        if not self.guidance or any(not math.isfinite(g) or g < 0 for g in self.guidance):
-            raise VqgenError(f"guidance values must be finite numbers >= 0, got {list(self.guidance)}")
+        if not self.guidance:
+            raise VqgenError("give at least one guidance value")
+        for g in self.guidance:
+            check_guidance(g, "--guidance")
         if len(set(self.guidance)) != len(self.guidance):
             raise VqgenError(f"guidance values repeat: {list(self.guidance)}")
         if self.samples < 1:
@@ -114,11 +116,6 @@ def _prompt_seed(seed: int, index: int, guidance: float) -> int:
     return int(np.random.SeedSequence([seed, index, int(round(guidance * 1000))]).generate_state(1)[0])
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [0, 1] → (H, W, 3) uint8, as the pipeline's PIL output."""
-    return (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
-
-
 def _criterion_kind(name: str) -> str:
     return "relation" if name.startswith("relation") else name.split(".")[1]
 
@@ -132,13 +129,17 @@ def generate_and_score(pipe, suite: list[dict], settings: ReportSettings,
     (random and best picks only). Images of a prompt depend only on ``seed``, the prompt's index
     and the guidance scale, not on ``batch``.
     """
-    from vqgen.shapes.evaluator import score
+    from dataclasses import replace
+
+    from vqgen.data.image import to_uint8
     from vqgen.runtime import progress
+    from vqgen.shapes.evaluator import score
 
     n_cand = settings.candidates
     per_prompt = settings.samples * n_cand
-    if n_cand > 1 and pipe.reranker is None:
+    if n_cand > 1 and pipe.rerank_stage is None:
         raise VqgenError("rerank needs a pipeline with a reranker/ component")
+    sampling = replace(settings.sampling or pipe.sampling, rerank=1)  # candidates are ranked below
     chunk = max(1, settings.batch // per_prompt)
     rows: list[dict] = []
     kept: dict[int, Image.Image] = {}
@@ -150,9 +151,8 @@ def generate_and_score(pipe, suite: list[dict], settings: ReportSettings,
                 items = suite[start:start + chunk]
                 gens = [torch.Generator().manual_seed(_prompt_seed(settings.seed, start + j, g))
                         for j in range(len(items))]
-                out = pipe([it["prompt"] for it in items], num_images=per_prompt, guidance_scale=g,
-                           temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                           rerank=1, generator=gens, output_type="pt")  # candidates are ranked below
+                out = pipe([it["prompt"] for it in items], num_images=per_prompt, settings=sampling,
+                           guidance_scale=g, generator=gens, output_type="pt")
                 images = torch.stack(out.images)  # (chunk*K*N, 3, H, W)
                 rscores = None
                 if n_cand > 1:
@@ -166,7 +166,7 @@ def generate_and_score(pipe, suite: list[dict], settings: ReportSettings,
                         best = 0 if group is None else int(group.argmax())
                         rand = int(np.random.default_rng([settings.seed, index, s]).integers(n_cand))
                         for c in range(n_cand):
-                            arr = _to_uint8(images[first + c])  # (H, W, 3)
+                            arr = to_uint8(images[first + c])  # (H, W, 3)
                             verdict = score(arr, item["spec"])
                             row = {"setting": name, "guidance": g, "prompt_index": index, "prompt": item["prompt"],
                                    "category": item["category"], "sample": s, "candidate": c,
@@ -221,6 +221,7 @@ def summarize(rows: list[dict], settings: ReportSettings) -> dict[str, Any]:
         names += [setting_name(g, settings.rerank) for g in settings.guidance]
     summary: dict[str, Any] = {
         "prompts": len({r["prompt_index"] for r in rows}), "samples": settings.samples,
+        "sampling": None if settings.sampling is None else asdict(settings.sampling),
         "rerank": settings.rerank, "guidance": list(settings.guidance), "seed": settings.seed,
         "settings": {n: _accuracy(setting_rows(rows, n)) for n in names}}
     if settings.rerank > 1:

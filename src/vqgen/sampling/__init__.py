@@ -3,12 +3,12 @@ autoregressive decoding with a static KV cache and its full-recompute reference,
 processors (temperature, top-k, top-p, CogView2's cluster sampling) and classifier-free guidance.
 Pipelines pick a decoder by name (``vqgen.pipelines.base.DECODERS``)."""
 from vqgen.sampling.autoregressive import (CachedLoop, Picker, Plan, generate, generate_naive, guidance_schedule,
-                                           make_plan, row_generators)
+                                           image_generators, make_plan, row_generators)
 from vqgen.sampling.clusters import fit_clusters, load_clusters, save_clusters
 from vqgen.sampling.processors import (Chain, ClusterTopK, LogitsProcessor, Temperature, TopK, TopP, greedy,
                                        sample_from)
 from vqgen.sampling.settings import SamplingConfig, check_guidance
 
-__all__ = ["SamplingConfig", "check_guidance", "generate", "generate_naive", "row_generators", "make_plan", "Plan",
+__all__ = ["SamplingConfig", "check_guidance", "generate", "generate_naive", "row_generators", "image_generators", "make_plan", "Plan",
            "Picker", "CachedLoop", "guidance_schedule", "fit_clusters", "load_clusters", "save_clusters", "Chain",
            "ClusterTopK", "LogitsProcessor", "Temperature", "TopK", "TopP", "greedy", "sample_from"]

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from vqgen.errors import ConfigError
@@ -41,6 +42,14 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 def row_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
     """One seeded generator per row: each row's codes then depend on its own seed only."""
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+def image_generators(seed: int, n: int, device="cpu", first: int = 0) -> list[torch.Generator]:
+    """Generators for images ``first .. first+n-1`` of a request with ``seed``, each seeded from
+    (seed, image index): independent streams, and the same images from ``vqgen generate --seed``
+    and the server's ``seed`` however the images are batched."""
+    states = [np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] for i in range(first, first + n)]
+    return [torch.Generator(device=device).manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF) for s in states]
 
 
 # ----------------------------------------------------------------------------------------- plan

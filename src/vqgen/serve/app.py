@@ -27,8 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vqgen import __version__
 from vqgen.config import require
-from vqgen.errors import VqgenError
-from vqgen.serve.batcher import Batcher, Job, NotRunning, QueueFull, SamplingSettings
+from vqgen.errors import ConfigError, VqgenError
+from vqgen.sampling.settings import MAX_RERANK, MAX_SEED
+from vqgen.serve.batcher import Batcher, Job, NotRunning, QueueFull
 
 log = logging.getLogger("vqgen.serve")
 
@@ -37,7 +38,7 @@ log = logging.getLogger("vqgen.serve")
 # expiring tokens, as OpenAI's signed URLs are. The API schema and docs need the key like the API.
 PUBLIC_PATHS = ("/health", "/")
 PUBLIC_PREFIXES = ("/v1/images/files/",)
-MAX_RERANK = 16
+SETTING_FIELDS = ("guidance_scale", "temperature", "top_k", "top_p", "cluster", "rerank", "decoder")
 # OpenAI request options with no vqgen meaning: named in the error instead of "unknown field".
 OPENAI_UNSUPPORTED = ("quality", "style", "background", "moderation", "output_compression", "partial_images")
 
@@ -89,16 +90,18 @@ class ImageRequest(BaseModel):
     stream: Literal[False] | None = Field(None, description="only false: no streaming")
     user: str | None = Field(None, description="accepted and ignored")
     safety_identifier: str | None = Field(None, description="accepted and ignored")
-    guidance_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False,
-                                         description="classifier-free guidance; default: the model's")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same images")
-    temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
-                                      description="0: greedy; default: the model's")
-    top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    rerank: int | None = Field(None, ge=1, le=MAX_RERANK,
-                               description="draw this many candidates per image, keep the best-scored "
-                                           "(models with a reranker)")
+    # vqgen's sampling settings: each is checked by vqgen.sampling.SamplingConfig, as on the command line
+    guidance_scale: float | None = Field(None, description="classifier-free guidance, 0..100 (1 = off); "
+                                                           "default: the model's")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images (as `vqgen generate`)")
+    temperature: float | None = Field(None, description="0: greedy; default: the model's")
+    top_k: int | None = Field(None, description="keep the k most likely codes (0 = off)")
+    top_p: float | None = Field(None, description="nucleus mass in (0, 1] (1 = off)")
+    cluster: int | None = Field(None, description="keep the N most likely codebook clusters (models with "
+                                                  "clusters; 0 = off)")
+    rerank: int | None = Field(None, description=f"draw this many candidates per image (1..{MAX_RERANK}), keep "
+                                                 "the best-scored (models with a reranker)")
+    decoder: str | None = Field(None, description="the decoder that writes the codes (default: the model's)")
 
 
 class ImageData(BaseModel):
@@ -232,7 +235,7 @@ class ServeState:
 def supported_sizes(pipe) -> dict[str, bool]:
     """``{"SxS": super_resolution}`` for the pipeline's own size and its super-resolved one, if any."""
     sizes = {f"{pipe.image_size}x{pipe.image_size}": False}
-    scale = getattr(getattr(getattr(pipe, "superres", None), "config", None), "scale", None)
+    scale = pipe.upsample_scale
     if scale:
         side = pipe.image_size * scale
         sizes[f"{side}x{side}"] = True
@@ -335,7 +338,7 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
             "sizes": list(state.sizes),
             "max_n": config.max_n,
             "max_prompt_length": pipe.max_prompt_length,
-            "default_guidance_scale": state.batcher.default_guidance,
+            "default_guidance_scale": pipe.sampling.guidance_scale,
             "auth_required": config.api_key is not None,
         }
 
@@ -409,13 +412,13 @@ def _make_job(body: ImageRequest, state: ServeState) -> Job:
     if size != "auto" and size not in state.sizes:
         raise APIError(400, f"unsupported size {size!r}; this model makes {', '.join(state.sizes)}",
                        "size", "invalid_value")
-    if body.rerank is not None and body.rerank > 1 and getattr(pipe, "reranker", None) is None:
-        raise APIError(400, "rerank needs a model with a reranker; this one has none", "rerank", "invalid_value")
-    settings = SamplingSettings(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                                rerank=body.rerank or getattr(getattr(pipe, "defaults", None), "rerank", None),
-                                super_resolution=state.sizes.get(size, False))
+    try:
+        settings = pipe.check_settings(pipe.sampling.merged(**{f: getattr(body, f) for f in SETTING_FIELDS}))
+    except ConfigError as e:
+        param = next((f for f in SETTING_FIELDS if f"'{f}'" in str(e) or str(e).startswith(f)), None)
+        raise APIError(400, str(e), param, "invalid_value")
     seed = body.seed if body.seed is not None else secrets.randbits(63)
-    return Job(prompt=prompt, n=n, guidance_scale=body.guidance_scale, seed=seed, settings=settings)
+    return Job(prompt=prompt, n=n, seed=seed, settings=settings, super_resolution=state.sizes.get(size, False))
 
 
 async def _wait(job: Job, future: asyncio.Future, request: Request, state: ServeState) -> list[bytes]:

@@ -1,16 +1,14 @@
 """Cross-request batching: queued requests share one sampling loop (one pipeline call).
 
 A :class:`Batcher` owns a bounded queue of :class:`Job` s and one background task. The task waits
-for work, gathers compatible jobs (same sampling settings) up to ``max_batch`` images or until
-``window`` seconds have passed, flattens them into one prompt list with one guidance value and one
-seeded ``torch.Generator`` per image, calls the pipeline once in a worker thread, encodes the
-images as PNG there, and hands each job its own images back.
+for work, gathers compatible jobs (equal sampling settings but for guidance, which goes per row)
+up to ``max_batch`` images or until ``window`` seconds have passed, flattens them into one prompt
+list with one guidance value and one seeded ``torch.Generator`` per image, calls the pipeline once
+in a worker thread, encodes the images as PNG there, and hands each job its own images back.
 """
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import inspect
 import io
 import logging
 import time
@@ -18,8 +16,10 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
+
+from vqgen.sampling.autoregressive import image_generators
+from vqgen.sampling.settings import SamplingConfig
 
 log = logging.getLogger("vqgen.serve")
 
@@ -32,39 +32,28 @@ class NotRunning(Exception):
     """The batcher is stopped (starting up or shutting down)."""
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Settings the pipeline takes as one value per call: only equal ones can share a batch."""
-
-    temperature: float | None = None  # None: the pipeline's default
-    top_k: int | None = None
-    top_p: float | None = None
-    rerank: int | None = None  # candidates drawn per image, the reranker keeps the best
-    super_resolution: bool = False
-
-
 @dataclass(eq=False)
 class Job:
-    """One request: ``n`` images of ``prompt``; ``result`` receives a list of ``n`` PNG byte strings."""
+    """One request: ``n`` images of ``prompt`` with ``settings`` (the pipeline's defaults merged
+    with the request's, checked); ``result`` receives a list of ``n`` PNG byte strings."""
 
     prompt: str
     n: int
-    guidance_scale: float | None
     seed: int
-    settings: SamplingSettings
+    settings: SamplingConfig
+    super_resolution: bool = False
     result: asyncio.Future = field(default=None, repr=False)  # set by Batcher.submit
     enqueued_at: float = 0.0
 
     @property
     def rows(self) -> int:
         """Rows this job adds to a sampling loop (its images times the rerank candidates)."""
-        return self.n * (self.settings.rerank or 1)
+        return self.n * self.settings.rerank
 
-
-def image_generators(seed: int, n: int, device) -> list[torch.Generator]:
-    """One generator per image, seeded from (request seed, image index): independent streams."""
-    states = [np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] for i in range(n)]
-    return [torch.Generator(device=device).manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF) for s in states]
+    @property
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys share one pipeline call."""
+        return self.settings.batch_key, self.super_resolution
 
 
 def encode_png(image) -> bytes:
@@ -87,7 +76,6 @@ class Batcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.window = window
-        self.default_guidance = _default_guidance(pipe)
         self.device = getattr(pipe, "device", "cpu")
         self.stats = {
             "batches_run": 0, "requests_served": 0, "images_generated": 0,
@@ -173,15 +161,15 @@ class Batcher:
                 await self._run(batch)
 
     def _compatible_images(self) -> int:
-        settings = self._pending[0].settings
-        return sum(j.rows for j in self._pending if j.settings == settings)
+        key = self._pending[0].batch_key
+        return sum(j.rows for j in self._pending if j.batch_key == key)
 
     def _take_batch(self) -> list[Job]:
         """The oldest job plus later jobs with its settings, FIFO, while their rows fit in ``max_batch``."""
-        settings = self._pending[0].settings
+        key = self._pending[0].batch_key
         batch, rows = [], 0
         for job in list(self._pending):
-            if job.settings != settings or (batch and rows + job.rows > self.max_batch):
+            if job.batch_key != key or (batch and rows + job.rows > self.max_batch):
                 continue
             self._pending.remove(job)
             if job.result.done():  # cancelled or timed out while waiting
@@ -222,21 +210,10 @@ class Batcher:
         prompts, guidance, generators = [], [], []
         for job in batch:
             prompts += [job.prompt] * job.n
-            guidance += [job.guidance_scale] * job.n
+            guidance += [job.settings.guidance_scale] * job.n
             generators += image_generators(job.seed, job.n, self.device)
-        kwargs = dataclasses.asdict(batch[0].settings)
-        if any(g is not None for g in guidance):  # all None: the pipeline's default for every row
-            kwargs["guidance_scale"] = [self.default_guidance if g is None else g for g in guidance]
+        first = batch[0]
         with torch.inference_mode():
-            out = self.pipe(prompts, num_images=1, generator=generators, output_type="pil", **kwargs)
+            out = self.pipe(prompts, num_images=1, settings=first.settings, guidance_scale=guidance,
+                            super_resolution=first.super_resolution, generator=generators, output_type="pil")
         return [encode_png(im) for im in out.images]
-
-
-def _default_guidance(pipe) -> float | None:
-    """The pipeline's default ``guidance_scale`` (its ``defaults``, else its call signature's)."""
-    default = getattr(getattr(pipe, "defaults", None), "guidance_scale", None)
-    if default is None:
-        param = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
-        if param is not None and param.default is not inspect.Parameter.empty:
-            default = param.default
-    return default

@@ -76,9 +76,9 @@ def run_serve(args) -> int:
         if not _is_loopback(args.host) and config.api_key is None:
             print(f"vqgen: warning: listening on {args.host} without --api-key: anyone who can reach "
                   "this port can generate images", file=sys.stderr)
-        from vqgen.pipelines import TextToImagePipeline
+        from vqgen.pipelines import load_pipeline
 
-        pipe = TextToImagePipeline.from_pretrained(dir=args.model, device=str(pick_device(args.device)))
+        pipe = load_pipeline(args.model, device=str(pick_device(args.device)))
         app = create_app(pipe, config)
         logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
         host, port = sock.getsockname()[:2]
