@@ -72,9 +72,18 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device("cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, TypeError, ValueError):
+        raise VqgenError(f"unknown device {preference!r} (auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VqgenError("device 'cuda' was asked for but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise VqgenError(f"device {preference!r} was asked for but there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise VqgenError("device 'mps' was asked for but MPS is not available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise VqgenError(f"device {preference!r} is not supported here (auto, cpu, cuda, cuda:N or mps)")
     return device
 
 
@@ -436,15 +445,16 @@ def config_changes(old, new) -> list[tuple[str, Any, Any]]:
 
 
 def requested_config(cls: type[C], family: str, run_dir: str | Path, preset: str | None,
-                     overrides: list[str]) -> C:
+                     overrides: list[str], default_preset: str | None = None) -> C:
     """What a command line asks for: ``preset`` + overrides; with no preset, an existing RUN's
-    saved config + overrides."""
+    saved config + overrides (or ``default_preset`` + overrides for a new RUN)."""
     saved = Path(run_dir) / CONFIG_NAME
-    if preset:
-        return apply_overrides(get_preset(family, preset), overrides)
-    if saved.is_file():
+    if not preset and saved.is_file():
         return apply_overrides(load_config(cls, saved), overrides)
-    raise ConfigError("--preset is required to start a new run")
+    preset = preset or default_preset
+    if not preset:
+        raise ConfigError("--preset is required to start a new run")
+    return apply_overrides(get_preset(family, preset), overrides)
 
 
 def resolve_run_config(run_dir: str | Path, requested: C, fitted: tuple[str, ...] = ()) -> tuple[C, bool]:

@@ -16,7 +16,8 @@ def register(sub) -> None:
                                      "held-out caption->image R@1 at the end; the model goes to RUN/model/.")
     p.add_argument("--data", required=True, metavar="DIR", help="image folder (metadata.jsonl with captions)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument("--preset", default="small", metavar="NAME", help="config preset: tiny, small (default small)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="config preset: tiny, small (default: small for a new RUN, the saved config for an existing one)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="total training steps (default: the preset's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(p)
@@ -37,17 +38,12 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from dataclasses import replace
+    from vqgen.rerank.train import FAMILY, RerankTrainConfig, train_reranker
+    from vqgen.runtime import requested_config
 
-    from vqgen.config import apply_overrides, get_preset
-    from vqgen.errors import ConfigError
-    from vqgen.rerank.train import FAMILY, train_reranker
-
-    cfg = apply_overrides(get_preset(FAMILY, args.preset), args.overrides)
-    if args.steps is not None:
-        if args.steps < 0:
-            raise ConfigError("--steps must be >= 0")
-        cfg = replace(cfg, steps=args.steps)
+    cfg = requested_config(RerankTrainConfig, FAMILY, args.out, args.preset,
+                           list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else []),
+                           default_preset="small")
     _, metrics = train_reranker(cfg, args.data, args.out, show_progress=not args.no_progress)
     print(f"held-out caption->image R@1 among {cfg.retrieval_group}: {metrics['heldout_r1']:.3f} "
           f"(chance {metrics['heldout_r1_chance']:.3f})")
@@ -61,7 +57,7 @@ def _holdout_every(run: str) -> int:
     """The run's held-out split (its saved training config), else every 10th pair."""
     from pathlib import Path
 
-    from vqgen.config import load_config
+    from vqgen.io import load_config
     from vqgen.errors import ConfigError
     from vqgen.rerank.train import RerankTrainConfig
 

@@ -8,12 +8,12 @@ apart. With ``hard_negatives`` > 0 each image also meets one-edit perturbations 
 
 Every ``holdout_every``-th pair is held out: ``metrics.jsonl`` gets the held-out caption → image
 R@1 among ``retrieval_group`` images and the hard-negative accuracy. The final model goes to
-``RUN/model/``; called again on the same RUN, training continues from the latest checkpoint.
+``RUN/model/``; the same command again on the same RUN continues from the latest checkpoint.
 """
 from __future__ import annotations
 
 import math
-import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,19 +21,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqgen.config import get_preset, load_config, register_preset, require, save_config
+from vqgen.config import get_preset, register_preset, require
 from vqgen.errors import VqgenError
-from vqgen.io import load_pretrained, replace_dir
+from vqgen.io import load_pretrained
 from vqgen.rerank.clip import FAMILY as MODEL_FAMILY
 from vqgen.rerank.clip import ClipConfig, ClipReranker, check_reranker
 from vqgen.shapes.rerank_eval import hard_negative_accuracy, retrieval_at_1
 from vqgen.shapes.negatives import perturb_caption
-from vqgen.runtime import (EpochBatches, RunLogger, latest_checkpoint, load_resume, pick_device, progress,
-                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from vqgen.runtime import (EpochBatches, Limits, RunLogger, latest_checkpoint, load_weights, lr_factor,
+                           metrics_bytes, pick_device, progress, report_skips, resolve_run_config, resume_from,
+                           rng_state, save_checkpoint, save_final, save_run_config, seed_everything, set_lr,
+                           set_rng_state)
 from vqgen.text.bpe import TOKENIZER_NAME, TextTokenizer
 
 FAMILY = "rerank"
-CONFIG_NAME = "config.json"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class RerankTrainConfig:
     holdout_every: int = 10  # every n-th pair is held out (>= 2)
     retrieval_group: int = 32  # held-out R@1 is caption → image among this many
     time_limit_min: float = 0.0  # stop (and save) after this many minutes; 0: no limit
+    cpu_limit_min: float = 0.0  # stop after this many minutes of this process's CPU time; 0: no limit
     log_every: int = 20
     eval_every: int = 200
     ckpt_every: int = 500
@@ -93,6 +95,7 @@ class PairSet:
     texts: list[str]
     train_idx: torch.Tensor
     heldout_idx: torch.Tensor
+    skipped: Counter = field(default_factory=Counter)
 
 
 def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progress: bool = True) -> PairSet:
@@ -108,7 +111,7 @@ def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progres
         images[i] = torch.from_numpy(a.copy()).permute(2, 0, 1)
     idx = torch.arange(len(ds))
     held = idx % holdout_every == holdout_every - 1
-    return PairSet(images, list(ds.texts), idx[~held], idx[held])
+    return PairSet(images, list(ds.texts), idx[~held], idx[held], ds.skipped)
 
 
 def degrade_batch(images: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -164,23 +167,7 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, 
     return (loss_i2t + loss_t2i) / 2, acc
 
 
-def _lr_at(cfg: RerankTrainConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
 # ----------------------------------------------------------------------------- training
-def _resolve_config(cfg: RerankTrainConfig, run_dir: Path) -> RerankTrainConfig:
-    """A run that exists keeps its saved config; only ``steps`` and ``time_limit_min`` follow ``cfg``."""
-    saved = run_dir / CONFIG_NAME
-    if not saved.is_file():
-        return cfg
-    old = load_config(RerankTrainConfig, saved)
-    return replace(old, steps=cfg.steps, time_limit_min=cfg.time_limit_min)
-
-
 def _evaluate(model: ClipReranker, data: PairSet, cfg: RerankTrainConfig) -> dict[str, float]:
     model.eval()
     imgs, texts = data.images[data.heldout_idx], [data.texts[i] for i in data.heldout_idx.tolist()]
@@ -196,17 +183,18 @@ def _evaluate(model: ClipReranker, data: PairSet, cfg: RerankTrainConfig) -> dic
 
 def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | Path,
                    show_progress: bool = True) -> tuple[ClipReranker, dict[str, float]]:
-    """Train (or resume) a reranker; returns the model and its final held-out metrics."""
+    """Train (or resume) a reranker; returns the model and its final held-out metrics. On an
+    existing RUN, ``cfg`` may differ from the saved config only in the harmless fields."""
     run_dir = Path(run_dir)
-    cfg = _resolve_config(cfg, run_dir)
+    cfg, _ = resolve_run_config(run_dir, cfg, fitted=("model.vocab_size",))
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     data = load_pairs(data_dir, cfg.model.image_size, cfg.holdout_every, show_progress)
+    report_skips(run_dir, data_dir, len(data.images), data.skipped)
     if len(data.heldout_idx) < cfg.retrieval_group:
         raise VqgenError(f"{len(data.heldout_idx)} held-out pairs, fewer than retrieval_group="
                          f"{cfg.retrieval_group}: use more data or --set retrieval_group=N")
 
-    ckpt = latest_checkpoint(run_dir)
     tok_path = run_dir / TOKENIZER_NAME
     if tok_path.is_file():
         tokenizer = TextTokenizer.load(tok_path)
@@ -216,8 +204,6 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
         run_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(tok_path)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=max(tokenizer.vocab_size, 5)))
-    if not (run_dir / CONFIG_NAME).is_file():
-        save_config(cfg, run_dir / CONFIG_NAME)
 
     model = ClipReranker(cfg.model, tokenizer).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -225,15 +211,19 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed)
-    step, elapsed = 0, 0.0
-    if ckpt is not None:
-        loaded = ClipReranker.from_pretrained(ckpt / "reranker", device=device)
-        model.load_state_dict(loaded.state_dict())
-        state = load_resume(ckpt)
+    state = resume_from(run_dir, lambda ckpt, _: load_weights(model, ckpt / "reranker"))
+    if state is not None:
         opt.load_state_dict(state["opt"])
         batches.load_state_dict(state["batches"])
         set_rng_state(state["rng"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
+    else:
+        save_run_config(cfg, run_dir)
+    step = int(state["step"]) if state is not None else 0
+    limits = Limits(cfg.time_limit_min, cfg.cpu_limit_min, state)
+
+    def resume_state() -> dict:
+        return {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(), "step": step,
+                **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)}
 
     all_ids, all_mask = tokenizer.encode(data.texts, cfg.model.max_len)  # (N, L) x2
     neg_rng = np.random.default_rng(cfg.seed * 7919 + step)
@@ -241,13 +231,9 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     logger = RunLogger(run_dir)
     bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress)
     model.train()
-    start, it = time.time() - elapsed, iter(batches)
-    metrics: dict[str, float] = {}
+    it = iter(batches)
     try:
         while step < cfg.steps:
-            if cfg.time_limit_min > 0 and time.time() - start > cfg.time_limit_min * 60:
-                print(f"time limit of {cfg.time_limit_min} min reached at step {step}")
-                break
             idx = data.train_idx[next(it)]  # (B,)
             texts = [data.texts[i] for i in idx.tolist()]
             images = data.images[idx].to(device).float() / 255.0  # (B, 3, S, S)
@@ -264,8 +250,7 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
                                     device=device).view(len(texts), cfg.hard_negatives, 1)
                 neg = torch.where(keep, neg, -img[:, None])  # an unperturbable caption adds an easy negative
             loss, acc = contrastive_loss(img, txt, model.clamped_scale(), texts, neg)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step)
+            lr = set_lr(opt, cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -273,25 +258,21 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
             opt.step()
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            stop = limits.reached(step)
+            if step % cfg.log_every == 0 or step == cfg.steps or stop:
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
-                logger.log(step, {"loss": loss, "batch_acc": acc, "temperature": model.temperature(),
-                                  "lr": opt.param_groups[0]["lr"]})
-            if step % cfg.eval_every == 0 and step < cfg.steps:
+                logger.log(step, {"loss": loss, "batch_acc": acc, "temperature": model.temperature(), "lr": lr})
+            if step % cfg.eval_every == 0 and step < cfg.steps and not stop:
                 logger.log(step, _evaluate(model, data, cfg))
+            if stop:
+                break
             if step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save_checkpoint(run_dir, step, {"reranker": model},
-                                {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(),
-                                 "step": step, "elapsed": time.time() - start})
-        metrics = _evaluate(model, data, cfg)
-        logger.log(step, metrics)
+                save_checkpoint(run_dir, step, {"reranker": model}, resume_state())
         model.eval()
-        tmp = run_dir / ".model.tmp"
-        model.save_pretrained(tmp)
-        replace_dir(tmp, run_dir / "model")
-        save_checkpoint(run_dir, step, {"reranker": model},
-                        {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(),
-                         "step": step, "elapsed": time.time() - start})
+        save_checkpoint(run_dir, step, {"reranker": model}, resume_state())
+        save_final(model, run_dir / "model")
+        metrics = _evaluate(model, data, cfg)  # logged after the last checkpoint: a re-run logs it once
+        logger.log(step, metrics)
     finally:
         bar.close()
         logger.close()

@@ -20,7 +20,8 @@ def register(sub) -> None:
                    help="a tokenizer run (RUN/model, else its latest checkpoint) or a saved tokenizer directory")
     p.add_argument("--scale", type=int, choices=[2, 4], default=None, help="upsampling factor (default: the preset's, 2)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument("--preset", default="small", metavar="NAME", help="config preset: tiny, small (default small)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="config preset: tiny, small (default: small for a new RUN, the saved config for an existing one)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="total training steps (default: the preset's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(p)
@@ -28,20 +29,13 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from dataclasses import replace
-
-    from vqgen.config import apply_overrides, get_preset
-    from vqgen.errors import ConfigError
-    from vqgen.superres.train import FAMILY, train_superres
+    from vqgen.runtime import requested_config
+    from vqgen.superres.train import FAMILY, SuperResTrainConfig, train_superres
     from vqgen.tokenizer.encode import load_tokenizer
 
-    cfg = apply_overrides(get_preset(FAMILY, args.preset), args.overrides)
-    if args.scale is not None:
-        cfg = replace(cfg, model=replace(cfg.model, scale=args.scale))
-    if args.steps is not None:
-        if args.steps < 0:
-            raise ConfigError("--steps must be >= 0")
-        cfg = replace(cfg, steps=args.steps)
+    sets = list(args.overrides) + ([f"model.scale={args.scale}"] if args.scale is not None else []) + \
+        ([f"steps={args.steps}"] if args.steps is not None else [])
+    cfg = requested_config(SuperResTrainConfig, FAMILY, args.out, args.preset, sets, default_preset="small")
     tokenizer = load_tokenizer(args.tokenizer)
     _, m = train_superres(cfg, tokenizer, args.data, args.out, show_progress=not args.no_progress)
     print(f"held-out PSNR x{cfg.model.scale}: super-resolved {m['psnr_sr']:.2f} dB, bicubic {m['psnr_bicubic']:.2f} dB "

@@ -8,13 +8,13 @@ a local weights file (no adversarial term here).
 
 Every ``holdout_every``-th image is held out; ``metrics.jsonl`` gets held-out PSNR/SSIM of the
 module and of bicubic upsampling of the same reconstructions. The model goes to ``RUN/model/``;
-called again on the same RUN, training continues from the latest checkpoint.
+the same command again on the same RUN continues from the latest checkpoint.
 """
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,14 +24,13 @@ from PIL import Image
 from vqgen.config import get_preset, register_preset, require
 from vqgen.errors import VqgenError
 from vqgen.metrics.reconstruction import ms_ssim, psnr, ssim
-from vqgen.io import load_config, replace_dir, save_config
-from vqgen.runtime import (EpochBatches, RunLogger, latest_checkpoint, load_resume, pick_device, progress,
-                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from vqgen.runtime import (EpochBatches, Limits, RunLogger, load_weights, metrics_bytes, pick_device, progress,
+                           report_skips, resolve_run_config, resume_from, rng_state, save_checkpoint, save_final,
+                           save_run_config, seed_everything, set_rng_state)
 from vqgen.superres.model import FAMILY as MODEL_FAMILY
 from vqgen.superres.model import SuperResConfig, SuperResolution
 
 FAMILY = "superres-train"
-CONFIG_NAME = "config.json"
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,8 @@ class SuperResTrainConfig:
     holdout_every: int = 10
     seed: int = 0
     device: str = "auto"
-    time_limit_min: float = 0.0
+    time_limit_min: float = 0.0  # stop (and save) after this many minutes; 0: no limit
+    cpu_limit_min: float = 0.0  # stop after this many minutes of this process's CPU time; 0: no limit
     log_every: int = 20
     eval_every: int = 200
     ckpt_every: int = 500
@@ -90,6 +90,7 @@ class SuperResData:
     low: torch.Tensor
     train_idx: torch.Tensor
     heldout_idx: torch.Tensor
+    skipped: Counter = field(default_factory=Counter)
 
 
 def _first_image_size(root: Path) -> tuple[int, int] | None:
@@ -140,7 +141,7 @@ def prepare_data(tokenizer, data_dir: str | Path, scale: int, max_images: int, h
     held = idx % holdout_every == holdout_every - 1
     if not held.any():
         held[-1] = True
-    return SuperResData(inputs, targets, low, idx[~held], idx[held])
+    return SuperResData(inputs, targets, low, idx[~held], idx[held], ds.skipped)
 
 
 # ----------------------------------------------------------------------------- training
@@ -166,23 +167,17 @@ def evaluate_superres(model: SuperResolution, data: SuperResData, device: torch.
     return {k: v / len(idx) for k, v in sums.items()}
 
 
-def _resolve_config(cfg: SuperResTrainConfig, run_dir: Path) -> SuperResTrainConfig:
-    saved = run_dir / CONFIG_NAME
-    if not saved.is_file():
-        return cfg
-    old = load_config(SuperResTrainConfig, saved)
-    return replace(old, steps=cfg.steps, time_limit_min=cfg.time_limit_min)
-
-
 def train_superres(cfg: SuperResTrainConfig, tokenizer, data_dir: str | Path, run_dir: str | Path,
                    show_progress: bool = True) -> tuple[SuperResolution, dict[str, float]]:
-    """Train (or resume) the module on a frozen tokenizer; returns it and its held-out metrics."""
+    """Train (or resume) the module on a frozen tokenizer; returns it and its held-out metrics. On
+    an existing RUN, ``cfg`` may differ from the saved config only in the harmless fields."""
     run_dir = Path(run_dir)
-    cfg = _resolve_config(cfg, run_dir)
+    cfg, _ = resolve_run_config(run_dir, cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     data = prepare_data(tokenizer, data_dir, cfg.model.scale, cfg.max_images, cfg.holdout_every, device,
                         show_progress=show_progress)
+    report_skips(run_dir, data_dir, len(data.targets), data.skipped)
     if len(data.train_idx) < cfg.batch_size:
         raise VqgenError(f"{len(data.train_idx)} training images, fewer than one batch of {cfg.batch_size}")
     perceptual = None
@@ -193,33 +188,27 @@ def train_superres(cfg: SuperResTrainConfig, tokenizer, data_dir: str | Path, ru
     model = SuperResolution(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed)
-    step, elapsed = 0, 0.0
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        model.load_state_dict(SuperResolution.from_pretrained(ckpt / "superres", device=device).state_dict())
-        state = load_resume(ckpt)
+    state = resume_from(run_dir, lambda ckpt, _: load_weights(model, ckpt / "superres"))
+    if state is not None:
         opt.load_state_dict(state["opt"])
         batches.load_state_dict(state["batches"])
         set_rng_state(state["rng"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / CONFIG_NAME)
+        save_run_config(cfg, run_dir)
+    step = int(state["step"]) if state is not None else 0
+    limits = Limits(cfg.time_limit_min, cfg.cpu_limit_min, state)
 
     logger = RunLogger(run_dir)
     bar = progress(total=cfg.steps, initial=step, desc=f"superres x{cfg.model.scale}", enabled=show_progress)
-    start, it = time.time() - elapsed, iter(batches)
+    it = iter(batches)
     model.train()
 
     def resume_state() -> dict:
         return {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(), "step": step,
-                "elapsed": time.time() - start}
+                **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)}
 
     try:
         while step < cfg.steps:
-            if cfg.time_limit_min > 0 and time.time() - start > cfg.time_limit_min * 60:
-                print(f"time limit of {cfg.time_limit_min} min reached at step {step}")
-                break
             b = data.train_idx[next(it)]  # (B,)
             x = data.inputs[b].to(device)  # (B, 3, h, w)
             y = data.targets[b].to(device).float() / 255.0  # (B, 3, H, W)
@@ -237,20 +226,21 @@ def train_superres(cfg: SuperResTrainConfig, tokenizer, data_dir: str | Path, ru
             opt.step()
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            stop = limits.reached(step)
+            if step % cfg.log_every == 0 or step == cfg.steps or stop:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 logger.log(step, {"loss": loss, **terms})
+            if stop:
+                break
             if step % cfg.eval_every == 0 and step < cfg.steps:
                 logger.log(step, evaluate_superres(model, data, device))
             if step % cfg.ckpt_every == 0 and step < cfg.steps:
                 save_checkpoint(run_dir, step, {"superres": model}, resume_state())
-        metrics = evaluate_superres(model, data, device)
-        logger.log(step, metrics)
         model.eval()
-        tmp = run_dir / ".model.tmp"
-        model.save_pretrained(tmp)
-        replace_dir(tmp, run_dir / "model")
         save_checkpoint(run_dir, step, {"superres": model}, resume_state())
+        save_final(model, run_dir / "model")
+        metrics = evaluate_superres(model, data, device)  # logged after the last checkpoint: a re-run logs it once
+        logger.log(step, metrics)
     finally:
         bar.close()
         logger.close()

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vqgen.data.image import image_grid
 from vqgen.errors import ConfigError, VqgenError
 from vqgen.runtime import (DistInfo, EpochBatches, RunLogger, autocast, cleanup_distributed, freeze,
                            init_distributed, load_weights, lr_factor, metrics_bytes, model_dir, progress,
@@ -186,18 +187,6 @@ def _full_norm(x: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- sample grids
-def _grid_image(images: torch.Tensor, rows: int):
-    from PIL import Image
-
-    b, _, h, w = images.shape
-    cols = math.ceil(b / rows)
-    canvas = torch.ones(3, rows * h, cols * w)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        canvas[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = img.clamp(0, 1).float().cpu()
-    return Image.fromarray((canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
-
-
 class SampleGrids:
     """Sample codes with the model and decode them with the CODES' image tokenizer, if it exists."""
 
@@ -231,7 +220,7 @@ class SampleGrids:
         codes = generate(model, cond, num=n, config=SamplingConfig(), generator=torch.Generator().manual_seed(step))
         decoder_device = next(self.decoder.parameters()).device
         images = self.decoder.decode(codes.to(decoder_device))  # (B, 3, H, W)
-        self.logger.image("samples", step, _grid_image(images, self.rows))
+        self.logger.image("samples", step, image_grid(images, cols=math.ceil(n / self.rows), pad=0))
         model.train(was_training)
 
 
