@@ -382,3 +382,15 @@ def test_serve_cli_help_and_busy_port(capsys):
     err = capsys.readouterr().err
     assert "vqgen: error:" in err and "does not exist" in err and "Traceback" not in err
 
+
+
+def test_any_pipeline_type_is_served_with_its_input_as_the_prompt():
+    """A class-conditional pipeline is served like a text one: the prompt names the class."""
+    from tests.tiny import tiny_pipeline as build
+
+    pipe = build("vim", num_classes=3, class_names=["cat", "dog", "owl"], sampling=SamplingConfig(guidance_scale=2.0))
+    with TestClient(create_app(pipe, ServeConfig())) as c:
+        r = c.post("/v1/images/generations", json={"prompt": "owl", "n": 2, "seed": 1})
+        assert r.status_code == 200 and len(r.json()["data"]) == 2
+        r = c.post("/v1/images/generations", json={"prompt": "emu"})
+        assert r.status_code == 400 and "unknown class 'emu'" in r.json()["error"]["message"]

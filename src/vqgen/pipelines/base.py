@@ -26,7 +26,6 @@ Every component folder is a saved model (``config.json`` + ``model.safetensors``
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +35,7 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 import torch
 
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.io import atomic_write_json, replace_dir, resolve_inside
+from vqgen.io import atomic_write_json, read_json_object, replace_dir, resolve_inside
 from vqgen.sampling.settings import SamplingConfig
 
 PIPELINE_NAME = "pipeline.json"
@@ -165,12 +164,7 @@ def read_pipeline_json(directory: Path) -> dict:
     path = directory / PIPELINE_NAME
     if not path.is_file():
         raise VqgenError(f"{directory} is not a pipeline directory: {PIPELINE_NAME} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VqgenError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise VqgenError(f"{path} must hold a JSON object")
+    data = read_json_object(path)
     if "defaults" in data:
         data = _from_first_layout(data)
     unknown = set(data) - PIPELINE_KEYS

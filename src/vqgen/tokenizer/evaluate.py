@@ -50,15 +50,8 @@ def evaluate_tokenizer(model: VQTokenizer, images: torch.Tensor, cond: torch.Ten
 
 
 def reconstruction_grid(inputs: torch.Tensor, recons: torch.Tensor, pairs_per_row: int = 4, pad: int = 2) -> Image.Image:
-    """A PNG-ready grid of (input | reconstruction) pairs from (B, 3, H, W) tensors in [0, 1]."""
-    b, _, h, w = inputs.shape
-    rows = (b + pairs_per_row - 1) // pairs_per_row
-    cell_w = 2 * w + pad
-    canvas = torch.ones(3, rows * (h + pad) + pad, pairs_per_row * (cell_w + pad) + pad)  # (3, Hg, Wg)
-    for i in range(b):
-        r, c = divmod(i, pairs_per_row)
-        y0, x0 = pad + r * (h + pad), pad + c * (cell_w + pad)
-        canvas[:, y0:y0 + h, x0:x0 + w] = inputs[i].float().cpu().clamp(0, 1)
-        canvas[:, y0:y0 + h, x0 + w:x0 + 2 * w] = recons[i].float().cpu().clamp(0, 1)
-    a = canvas.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (Hg, Wg, 3)
-    return Image.fromarray(a)
+    """A PNG-ready grid of (input, reconstruction) pairs, side by side, from (B, 3, H, W) tensors in [0, 1]."""
+    from vqgen.data.image import image_grid
+
+    pairs = torch.stack([inputs.float().cpu(), recons.float().cpu()], 1).flatten(0, 1)  # (2B, 3, H, W)
+    return image_grid(pairs, cols=2 * pairs_per_row, pad=pad)
