@@ -353,7 +353,8 @@ def resume_from(run_dir: str | Path, restore: Callable[[Path, dict], None], is_m
     ``restore(checkpoint, state)`` loads the trainer's weights (raising CheckpointError, e.g. from
     :func:`load_weights`, when a file is corrupt). A corrupt checkpoint falls back to the one
     before, saying so in one line; none usable is a VqgenError; no checkpoint at all returns None.
-    ``metrics.jsonl`` is cut back to what was logged when the checkpoint was written.
+    ``metrics.jsonl`` is cut back to what was logged when the checkpoint was written (emptied
+    when the run starts from scratch).
     """
     bad: list[str] = []
     for ckpt in checkpoints(run_dir):
@@ -371,6 +372,8 @@ def resume_from(run_dir: str | Path, restore: Callable[[Path, dict], None], is_m
     if bad:
         raise VqgenError(f"{run_dir}: no usable checkpoint ({bad[0]}"
                          + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + "); use a new --out to start over")
+    if is_main:
+        truncate_metrics(run_dir, {"step": 0, "metrics_bytes": 0})  # killed before its first checkpoint
     return None
 
 
