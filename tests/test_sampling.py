@@ -19,7 +19,7 @@ FAMILIES = ["vim", "parti", "unified"]
 def make_model(family: str, seed: int = 0):
     torch.manual_seed(seed)
     cfg = get_preset("transformer", f"{family}-tiny").model
-    cfg = replace(cfg, grid=(4, 4), depth=1, text=replace(cfg.text, max_len=8))
+    cfg = replace(cfg, grid=(4, 4), depth=1, **({} if family == "vim" else {"text": replace(cfg.text, max_len=8)}))
     if family == "vim":
         return VIM(replace(cfg, num_classes=5))
     return (Parti if family == "parti" else Unified)(cfg)

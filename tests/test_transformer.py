@@ -1,4 +1,6 @@
 """Token transformers: causality, KV cache == full forward, conditioning, save/load, presets."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -215,3 +217,112 @@ def test_text_after_image_model_scores_captions_and_cannot_sample():
         make("unified").caption_nll(codes, cond)
     with pytest.raises(ConfigError, match="image_first"):
         make("parti", image_first=True)
+
+
+# -- code grids with a time axis (t, h, w) ---------------------------------------------------
+def make_video(**kw):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(family="vim", dim=32, depth=2, heads=4, mlp_dim=64, dropout=0.0, grid=(2, 4, 4),
+                            codebook_size=K, num_classes=3, **kw)
+    return build_model(cfg)
+
+
+def test_a_vim_on_a_time_grid_trains_a_step():
+    model = make_video().train()
+    assert model.grid == (2, 4, 4) and model.image_seq_len == 32
+    codes = torch.randint(0, K, (3, 2, 4, 4), generator=torch.Generator().manual_seed(0))  # (B, t, h, w)
+    cond = Condition(class_ids=torch.tensor([0, 1, NULL_CLASS]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.pos_emb.frame.detach().clone()
+    loss, _ = model.compute_loss(codes, cond)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and not torch.equal(model.pos_emb.frame, before)  # the time axis learns
+    assert model(codes, cond).logits.shape == (3, 32, K)
+    with pytest.raises(VqgenError, match=r"\(2, 4, 4\)"):
+        model(torch.zeros(1, 4, 4, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("prefix", [0, 16])
+def test_time_grid_kv_cache_steps_match_the_full_forward(prefix):
+    model = make_video().eval()
+    cond = Condition(class_ids=torch.tensor([2, 0]))
+    codes = torch.randint(0, K, (2, 2, 4, 4), generator=torch.Generator().manual_seed(3)).flatten(1)  # (2, 32)
+    full = model(codes, cond).logits  # (2, 32, K)
+    cache = model.new_cache(2)
+    logits = model.prefill(Condition(class_ids=cond.class_ids, prefix_codes=codes[:, :prefix] if prefix else None),
+                           cache)
+    torch.testing.assert_close(logits, full[:, prefix], rtol=1e-4, atol=1e-5)
+    for i in range(prefix, 31):
+        logits = model.decode_step(codes[:, i], cache)
+        torch.testing.assert_close(logits, full[:, i + 1], rtol=1e-4, atol=1e-5)
+
+
+def test_grid_positions_sum_one_table_per_axis():
+    from vqgen.transformer.layers import PosEmbed
+
+    torch.manual_seed(0)
+    flat = PosEmbed((3, 4), 8)
+    assert [n for n, _ in flat.named_parameters()] == ["row", "col"]  # saved 2-D models keep their names
+    for t in (flat.row, flat.col):
+        torch.nn.init.normal_(t)
+    idx = torch.arange(12)
+    assert torch.equal(flat(idx), flat.row[idx // 4] + flat.col[idx % 4])
+    video = PosEmbed((2, 3, 4), 8)
+    for t in (video.frame, video.row, video.col):
+        torch.nn.init.normal_(t)
+    idx = torch.arange(24)
+    torch.testing.assert_close(video(idx), video.frame[idx // 12] + video.row[(idx // 4) % 3] + video.col[idx % 4])
+    with pytest.raises(ConfigError, match="grid"):
+        TransformerConfig(family="vim", grid=(2, 2, 2, 2))
+
+
+# -- one config per family, beside its model ----------------------------------------------------
+def test_each_family_has_its_own_config_beside_its_model():
+    from vqgen.transformer.parti import PartiConfig
+    from vqgen.transformer.unified import UnifiedConfig
+    from vqgen.transformer.vim import VIM, VIMConfig
+
+    assert type(TransformerConfig()) is VIMConfig and VIM.config_class is VIMConfig
+    assert type(TransformerConfig(family="parti", encoder_depth=3)) is PartiConfig
+    assert type(TransformerConfig(family="unified", image_first=True)) is UnifiedConfig
+    assert not hasattr(PartiConfig(), "num_classes") and not hasattr(VIMConfig(), "text")
+    with pytest.raises(ConfigError, match="'encoder_depth' does not apply to the vim family"):
+        TransformerConfig(family="vim", encoder_depth=3)
+    with pytest.raises(ConfigError, match="unknown transformer family 'clip_reranker'"):
+        TransformerConfig(family="clip_reranker")
+
+
+def test_overrides_and_presets_follow_the_family():
+    from vqgen.config import apply_overrides, from_dict, to_dict
+    from vqgen.transformer import RunConfig
+
+    run = get_preset("transformer", "vim-tiny")
+    assert type(run.model).__name__ == "VIMConfig"
+    moved = apply_overrides(run, ["model.family=unified", "model.image_first=true", "model.grid=2,4,4"])
+    assert type(moved.model).__name__ == "UnifiedConfig" and moved.model.image_first and moved.model.grid == (2, 4, 4)
+    assert from_dict(RunConfig, to_dict(moved)) == moved
+    with pytest.raises(ConfigError, match="model.image_first"):
+        apply_overrides(run, ["model.image_first=true"])
+
+
+def test_configs_saved_in_the_one_config_layout_still_load(tmp_path):
+    """The bundled model's config.json (and any saved before the split) carries every family's fields."""
+    import json
+    import warnings
+    from importlib.resources import files
+
+    from vqgen.config import from_dict
+
+    bundled = files("vqgen").joinpath("assets", "default_model", "transformer", "config.json")
+    data = json.loads(bundled.read_text())
+    assert {"num_classes", "text_attention_bias"} <= set(data)  # written by the old layout
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = load_pretrained(Path(str(bundled)).parent)
+    assert type(model.config).__name__ == "PartiConfig" and model.config.grid == (8, 8)
+    old_vim = dict(family="vim", dim=32, depth=1, heads=4, mlp_dim=64, dropout=0.0, norm="prenorm", grid=[3, 4],
+                   codebook_size=K, num_classes=2, encoder_depth=2, text_loss_weight=0.125, text_attention_bias=0.0,
+                   text={"encoder": "trained", "vocab_size": 1024, "max_len": 128, "pretrained_dir": None})
+    cfg = from_dict(TransformerConfig, old_vim)
+    assert type(cfg).__name__ == "VIMConfig" and cfg.num_classes == 2

@@ -25,7 +25,7 @@ from vqgen.config import register_preset, require
 from vqgen.errors import VqgenError
 from vqgen.io import PretrainedMixin, register_model
 from vqgen.text.bpe import TOKENIZER_NAME, TextTokenizer
-from vqgen.transformer.layers import Block, PosEmbed2D
+from vqgen.transformer.layers import Block, PosEmbed
 
 FAMILY = "clip_reranker"
 
@@ -87,7 +87,7 @@ class ImageTower(nn.Module):
         self.stem = nn.Sequential(*layers)
         self.to_tokens = nn.Conv2d(c_in, cfg.width, 1)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        self.pos = PosEmbed2D(cfg.grid, cfg.grid, cfg.width)
+        self.pos = PosEmbed((cfg.grid, cfg.grid), cfg.width)
         nn.init.normal_(self.pos.row, std=0.02)
         nn.init.normal_(self.pos.col, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_dim) for _ in range(cfg.image_depth))

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import importlib
 
+# configs and presets are plain dataclasses (no torch): imported now, so the presets are registered
+from vqgen.transformer.config import RunConfig, TextConfig, TrainConfig, TransformerConfig
+
 _EXPORTS = {
     "NULL_CLASS": "vqgen.transformer.base",
     "Condition": "vqgen.transformer.base",
     "KVCache": "vqgen.transformer.base",
     "TokenModel": "vqgen.transformer.base",
     "TokenOutput": "vqgen.transformer.base",
-    "RunConfig": "vqgen.transformer.config",
-    "TextConfig": "vqgen.transformer.config",
-    "TrainConfig": "vqgen.transformer.config",
-    "TransformerConfig": "vqgen.transformer.config",
 }
 
-__all__ = sorted([*_EXPORTS, "build_model"])
+__all__ = sorted([*_EXPORTS, "RunConfig", "TextConfig", "TrainConfig", "TransformerConfig", "build_model"])
 
 
 def build_model(config):

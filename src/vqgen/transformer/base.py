@@ -23,6 +23,7 @@ can be compiled. Classifier-free guidance batches the condition with ``cond.null
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Iterable
 
@@ -168,7 +169,8 @@ class KVCache:
 class TokenModel(nn.Module):
     """Base class of the token transformers; subclasses implement the abstract methods.
 
-    Attributes every family sets: ``config``, ``grid`` (h, w), ``image_seq_len`` (h*w),
+    Attributes every family sets: ``config``, ``grid`` ((h, w), or (t, h, w) for video),
+    ``image_seq_len`` (the grid's size, raster order with the last axis fastest),
     ``codebook_size``, ``cond_kind`` ("none" | "class" | "text").
     """
 
@@ -176,13 +178,12 @@ class TokenModel(nn.Module):
     cond_kind: str = "none"
 
     @property
-    def grid(self) -> tuple[int, int]:
+    def grid(self) -> tuple[int, ...]:
         return tuple(self.config.grid)
 
     @property
     def image_seq_len(self) -> int:
-        h, w = self.grid
-        return h * w
+        return math.prod(self.grid)
 
     @property
     def codebook_size(self) -> int:
@@ -195,7 +196,7 @@ class TokenModel(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, codes: torch.Tensor, cond: Condition | None = None) -> TokenOutput:
-        """Teacher-forced logits for all image positions; ``codes`` (B, N) or (B, h, w)."""
+        """Teacher-forced logits for all image positions; ``codes`` (B, N) or (B, *grid)."""
         raise NotImplementedError
 
     def compute_loss(self, codes: torch.Tensor, cond: Condition | None = None) -> tuple[torch.Tensor, dict]:
@@ -233,13 +234,14 @@ class TokenModel(nn.Module):
 
     # -- helpers ----------------------------------------------------------------------------
     def flat_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) or (B, N) → (B, N) long, checked against the model's grid and codebook."""
-        if codes.dim() == 3:
+        """(B, *grid) or (B, N) → (B, N) long, checked against the model's grid."""
+        if codes.dim() > 2:
             if tuple(codes.shape[1:]) != self.grid:
                 raise VqgenError(f"code grid {tuple(codes.shape[1:])} does not match the model's {self.grid}")
             codes = codes.flatten(1)
         if codes.dim() != 2 or codes.shape[1] > self.image_seq_len:
-            raise VqgenError(f"codes must be (B, h, w) or (B, N<={self.image_seq_len}), got {tuple(codes.shape)}")
+            raise VqgenError(f"codes must be (B, {', '.join(map(str, self.grid))}) or (B, N<={self.image_seq_len}), "
+                             f"got {tuple(codes.shape)}")
         return codes.long()
 
     def empty_condition(self, batch: int, device=None) -> Condition:

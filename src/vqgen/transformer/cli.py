@@ -74,12 +74,12 @@ def _presets(args) -> int:
     for name in preset_names(FAMILY):
         cfg = apply_overrides(get_preset(FAMILY, name), args.overrides)
         m = cfg.model
-        if m.text.encoder == "pretrained":
+        if getattr(m, "text", None) is not None and m.text.encoder == "pretrained":
             print(f"{name:14s} (pretrained text encoder: not counted)")
             continue
         with torch.device("meta"):
             n = sum(p.numel() for p in build_model(m).parameters())
         extra = f" enc {m.encoder_depth}" if m.family == "parti" else ""
         print(f"{name:14s} {m.family:8s} {n / 1e6:10.1f}M  dim {m.dim} depth {m.depth}{extra} heads {m.heads} "
-              f"mlp {m.mlp_dim} grid {m.grid[0]}x{m.grid[1]} K {m.codebook_size}")
+              f"mlp {m.mlp_dim} grid {'x'.join(map(str, m.grid))} K {m.codebook_size}")
     return 0

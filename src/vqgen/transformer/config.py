@@ -1,7 +1,8 @@
 """Configs and named presets for the token transformers and their training runs.
 
-``TransformerConfig`` describes any family (``vim``, ``parti``, ``unified``); ``TrainConfig`` the
-optimisation; ``RunConfig`` both (what ``vqgen train --preset NAME`` starts from). The data set
+``TransformerConfig`` holds what every family (``vim``, ``parti``, ``unified``) shares and builds
+the family's own config (beside its model); ``TrainConfig`` the optimisation; ``RunConfig`` both
+(what ``vqgen train --preset NAME`` starts from). The data set
 fixes ``grid``, ``codebook_size`` and ``num_classes`` at train time; the values here are the
 seed's defaults (32x32 codes of an 8192-entry codebook) so parameter counts read like the paper's.
 
@@ -10,10 +11,11 @@ seed's defaults (32x32 codes of an 8192-entry codebook) so parameter counts read
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from vqgen.config import register_preset, require
+from vqgen.errors import ConfigError
 
 FAMILY = "transformer"
 
@@ -41,12 +43,18 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """A token transformer. ``depth`` counts decoder blocks; ``encoder_depth`` the text encoder's
-    (parti). ``norm``: ``prenorm`` or ``sandwich`` (CogView's extra LayerNorm after each
-    sub-layer, for stable reduced-precision training). ``text_attention_bias``: CogView2's constant
-    added to attention scores from image to text positions (unified only)."""
+    """What every token transformer family shares. Each family's config lives beside its model
+    and adds its own fields: ``VIMConfig`` (vim.py), ``PartiConfig`` (parti.py), ``UnifiedConfig``
+    (unified.py); the family name is also the model's ``model_type`` in the one model registry.
 
-    family: Literal["vim", "parti", "unified"] = "vim"
+    ``TransformerConfig(family=..., **fields)`` and ``from_dict`` build the family's config (a
+    field another family owns is a ConfigError naming it). ``depth`` counts decoder blocks;
+    ``norm``: ``prenorm`` or ``sandwich`` (CogView's extra LayerNorm after each sub-layer, for
+    stable reduced-precision training). ``grid``: the code grid, ``(h, w)`` or ``(t, h, w)`` for
+    video (frames slowest in the raster order).
+    """
+
+    family: str = "vim"
     dim: int = 64
     depth: int = 2
     heads: int = 4
@@ -55,35 +63,47 @@ class TransformerConfig:
     norm: Literal["prenorm", "sandwich"] = "prenorm"
     grid: tuple[int, ...] = (32, 32)
     codebook_size: int = 8192
-    num_classes: int = 0            # vim: 0 = unconditional, C = class-conditional
-    encoder_depth: int = 2          # parti: trained text encoder blocks
-    text: TextConfig = field(default_factory=TextConfig)
-    text_loss_weight: float = 0.125  # unified: loss = w * text + (1 - w) * image
-    text_attention_bias: float = 0.0
-    image_first: bool = False  # unified: image codes then the caption (CogView's caption scorer; cannot sample)
+
+    def __new__(cls, *args, **kwargs):
+        if cls is TransformerConfig:  # the base stands for the family the fields name
+            cls = family_config(kwargs.get("family", "vim"))
+            own = {f.name for f in fields(cls)}
+            for name in kwargs:
+                if name not in own:
+                    raise ConfigError(f"config field {name!r} does not apply to the {cls.family_name} family")
+        return object.__new__(cls)
+
+    @classmethod
+    def config_for(cls, data: dict) -> type:
+        """The family config a dict describes (by its ``family``; default: this class's own)."""
+        family = data.get("family", getattr(cls, "family_name", "vim"))
+        return family_config(family)
 
     def __post_init__(self):
-        require(not self.image_first or self.family == "unified", "image_first", "only the unified family has it")
+        require(self.family == getattr(type(self), "family_name", self.family), "family",
+                f"{type(self).__name__} is the {getattr(type(self), 'family_name', '?')} family's config")
         require(self.dim > 0 and self.dim % self.heads == 0, "dim", f"{self.dim} must be divisible by heads={self.heads}")
         require(self.depth >= 1, "depth", "must be >= 1")
         require(self.mlp_dim >= 1, "mlp_dim", "must be >= 1")
         require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
-        require(len(self.grid) == 2 and min(self.grid) >= 1, "grid", "must be (h, w) with h, w >= 1")
+        require(len(self.grid) in (2, 3) and min(self.grid) >= 1, "grid",
+                "must be (h, w) or (t, h, w) with every size >= 1")
         require(self.codebook_size >= 2, "codebook_size", "must be >= 2")
-        require(self.num_classes >= 0, "num_classes", "must be >= 0")
-        require(self.family == "vim" or self.num_classes == 0, "num_classes", "only the vim family takes classes")
-        require(self.encoder_depth >= 1, "encoder_depth", "must be >= 1")
-        require(0.0 <= self.text_loss_weight < 1.0, "text_loss_weight", "must be in [0, 1)")
-        require(self.text_attention_bias == 0.0 or self.family == "unified", "text_attention_bias",
-                "applies to the unified family (image-to-text scores in one stream)")
-        require(self.family != "unified" or self.text.encoder == "trained", "text.encoder",
-                "the unified stream models its own text tokens: use text.encoder=trained")
 
     @property
     def cond_kind(self) -> str:
-        if self.family == "vim":
-            return "class" if self.num_classes > 0 else "none"
         return "text"
+
+
+def family_config(family: str) -> type:
+    """The config class of a transformer family, found through the model registry."""
+    from vqgen.io import MODELS, model_class
+
+    cls = model_class(family).config_class if family in MODELS else None
+    if cls is None or not issubclass(cls, TransformerConfig):
+        known = sorted(n for n, e in MODELS.items() if ".transformer." in (e if isinstance(e, str) else e.__module__))
+        raise ConfigError(f"config field 'family': unknown transformer family {family!r} (known: {', '.join(known)})")
+    return cls
 
 
 @dataclass(frozen=True)

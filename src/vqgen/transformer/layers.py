@@ -1,5 +1,5 @@
 """Primitives shared by the token transformer families: attention with a static KV cache,
-cross-attention, MLP, pre-norm / Sandwich-LayerNorm blocks, masks, 2D positions, weight init."""
+cross-attention, MLP, pre-norm / Sandwich-LayerNorm blocks, masks, grid positions, weight init."""
 from __future__ import annotations
 
 import math
@@ -115,17 +115,31 @@ class Block(nn.Module):
         return x + self.drop(self.post2(self.mlp(self.norm2(x))))  # (B, T, D)
 
 
-class PosEmbed2D(nn.Module):
-    """Learned additive 2D position embedding: ``row[i // w] + col[i % w]`` for raster index i."""
+class PosEmbed(nn.Module):
+    """Learned additive position embedding over a code grid ``(h, w)`` or ``(t, h, w)``: one table
+    per axis (``row``, ``col``, and ``frame`` for time), summed at the raster index's coordinates
+    (the last axis fastest): ``row[i // w] + col[i % w]`` on a 2-D grid."""
 
-    def __init__(self, h: int, w: int, dim: int):
+    AXES = ("frame", "row", "col")
+
+    def __init__(self, grid: tuple[int, ...], dim: int):
         super().__init__()
-        self.w = w
-        self.row = nn.Parameter(torch.zeros(h, dim))
-        self.col = nn.Parameter(torch.zeros(w, dim))
+        if len(grid) not in (2, 3):
+            raise ValueError(f"a code grid has 2 or 3 axes, got {tuple(grid)}")
+        self.grid = tuple(int(n) for n in grid)
+        self.axes = self.AXES[-len(self.grid):]
+        for name, n in zip(self.axes, self.grid):
+            self.register_parameter(name, nn.Parameter(torch.zeros(n, dim)))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.row[idx // self.w] + self.col[idx % self.w]  # (..., D)
+        """idx: raster indices (...,) long → (..., D)."""
+        out, rest = None, idx
+        for name, n in zip(reversed(self.axes), reversed(self.grid)):
+            table = getattr(self, name)  # (n, D)
+            term = table[rest % n] if name != self.axes[0] else table[rest]  # (..., D); the slowest axis unwrapped
+            out = term if out is None else term + out
+            rest = rest // n
+        return out
 
 
 def init_weights(module: nn.Module, depth: int, std: float = 0.02) -> None:
@@ -142,6 +156,6 @@ def init_weights(module: nn.Module, depth: int, std: float = 0.02) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, PosEmbed2D):
-            nn.init.normal_(m.row, 0.0, std)
-            nn.init.normal_(m.col, 0.0, std)
+        elif isinstance(m, PosEmbed):
+            for axis in m.axes:
+                nn.init.normal_(getattr(m, axis), 0.0, std)

@@ -9,27 +9,48 @@ Decoder stream: ``[bos, c_0, ..., c_{N-2}]`` predicts ``c_0..c_{N-1}``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from vqgen.errors import VqgenError
+from vqgen.config import require
 from vqgen.io import PretrainedMixin, register_model
 from vqgen.transformer.base import Condition, KVCache, TextModelMixin, TokenModel, TokenOutput
-from vqgen.transformer.config import TransformerConfig
-from vqgen.transformer.layers import Block, PosEmbed2D, init_weights, stream_mask
+from vqgen.transformer.config import TextConfig, TransformerConfig
+from vqgen.transformer.layers import Block, PosEmbed, init_weights, stream_mask
+
+
+@dataclass(frozen=True)
+class PartiConfig(TransformerConfig):
+    """Parti: the shared fields plus the text (``text``) and its trained encoder's depth
+    (``encoder_depth``; unused with a frozen pretrained encoder)."""
+
+    family_name: ClassVar[str] = "parti"
+    # fields of the one-config-for-all-families layout that Parti never used: dropped from old files
+    legacy_keys: ClassVar[tuple[str, ...]] = ("num_classes", "text_loss_weight", "text_attention_bias", "image_first")
+    family: str = "parti"
+    encoder_depth: int = 2
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.encoder_depth >= 1, "encoder_depth", "must be >= 1")
 
 
 @register_model("parti")
 class Parti(TextModelMixin, TokenModel, PretrainedMixin):
-    config_class = TransformerConfig
+    config_class = PartiConfig
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: PartiConfig):
         super().__init__()
-        if config.family != "parti":
-            raise VqgenError(f"Parti needs family='parti', got {config.family!r}")
+        if not isinstance(config, PartiConfig):
+            raise VqgenError(f"Parti needs a PartiConfig (family='parti'), got family {config.family!r}")
         self.config = config
         self.cond_kind = "text"
-        c, d, (h, w) = config, config.dim, config.grid
+        c, d = config, config.dim
         if c.text.encoder == "trained":
             self.text_emb = nn.Embedding(c.text.vocab_size, d)
             self.text_pos = nn.Parameter(torch.zeros(c.text.max_len, d))
@@ -42,7 +63,7 @@ class Parti(TextModelMixin, TokenModel, PretrainedMixin):
         self.null_slot = nn.Parameter(torch.zeros(1, 1, d))
         self.bos = nn.Parameter(torch.zeros(1, 1, d))
         self.tok_emb = nn.Embedding(c.codebook_size, d)
-        self.pos_emb = PosEmbed2D(h, w, d)
+        self.pos_emb = PosEmbed(c.grid, d)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(d, c.heads, c.mlp_dim, c.dropout, c.norm, cross=True) for _ in range(c.depth))
         self.norm = nn.LayerNorm(d)

@@ -455,7 +455,7 @@ def _sample_grids(cfg: RunConfig, env: DistInfo, info: dict, data: TrainData, lo
     """Sample grids on the main rank; none from a sharded model, nor from a text-after-image scorer."""
     if env.is_main and cfg.train.fsdp:
         print("vqgen: no sample grids with train.fsdp=true (the model is sharded)")
-    if not env.is_main or cfg.train.fsdp or cfg.model.image_first:
+    if not env.is_main or cfg.train.fsdp or getattr(cfg.model, "image_first", False):
         return None
     return SampleGrids(info, data, cfg.train.sample_rows, logger)
 

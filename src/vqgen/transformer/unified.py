@@ -19,33 +19,60 @@ It cannot sample images from a text; it scores how well a caption fits an image
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vqgen.errors import VqgenError
+from vqgen.config import require
 from vqgen.io import PretrainedMixin, register_model
 from vqgen.transformer.base import Condition, KVCache, TextModelMixin, TokenModel, TokenOutput
-from vqgen.transformer.config import TransformerConfig
-from vqgen.transformer.layers import Block, PosEmbed2D, init_weights, stream_mask
+from vqgen.transformer.config import TextConfig, TransformerConfig
+from vqgen.transformer.layers import Block, PosEmbed, init_weights, stream_mask
+
+
+@dataclass(frozen=True)
+class UnifiedConfig(TransformerConfig):
+    """The unified stream: the shared fields plus its text (trained BPE tokens in the stream),
+    ``text_loss_weight`` (loss = w * text + (1 - w) * image), ``text_attention_bias`` (CogView2's
+    constant on image-to-text scores) and ``image_first`` (image codes then the caption: CogView's
+    caption scorer, which cannot sample)."""
+
+    family_name: ClassVar[str] = "unified"
+    # fields of the one-config-for-all-families layout that the unified stream never used: dropped from old files
+    legacy_keys: ClassVar[tuple[str, ...]] = ("num_classes", "encoder_depth")
+    family: str = "unified"
+    text: TextConfig = field(default_factory=TextConfig)
+    text_loss_weight: float = 0.125
+    text_attention_bias: float = 0.0
+    image_first: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(0.0 <= self.text_loss_weight < 1.0, "text_loss_weight", "must be in [0, 1)")
+        require(self.text.encoder == "trained", "text.encoder",
+                "the unified stream models its own text tokens: use text.encoder=trained")
 
 
 @register_model("unified")
 class Unified(TextModelMixin, TokenModel, PretrainedMixin):
-    config_class = TransformerConfig
+    config_class = UnifiedConfig
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: UnifiedConfig):
         super().__init__()
-        if config.family != "unified":
-            raise VqgenError(f"Unified needs family='unified', got {config.family!r}")
+        if not isinstance(config, UnifiedConfig):
+            raise VqgenError(f"Unified needs a UnifiedConfig (family='unified'), got family {config.family!r}")
         self.config = config
         self.cond_kind = "text"
-        c, d, (h, w) = config, config.dim, config.grid
+        c, d = config, config.dim
         self.text_len = c.text.max_len
         self.text_emb = nn.Embedding(c.text.vocab_size, d)
         self.text_pos = nn.Parameter(torch.zeros(c.text.max_len, d))
         self.tok_emb = nn.Embedding(c.codebook_size, d)
-        self.pos_emb = PosEmbed2D(h, w, d)
+        self.pos_emb = PosEmbed(c.grid, d)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(d, c.heads, c.mlp_dim, c.dropout, c.norm) for _ in range(c.depth))
         self.norm = nn.LayerNorm(d)

@@ -7,30 +7,54 @@ LayerNorm, logits over the codebook. Stream: ``[start, c_0, ..., c_{N-2}]`` pred
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from vqgen.errors import VqgenError
+from vqgen.config import require
 from vqgen.io import PretrainedMixin, register_model
 from vqgen.transformer.base import Condition, KVCache, TokenModel, TokenOutput
 from vqgen.transformer.config import TransformerConfig
-from vqgen.transformer.layers import Block, PosEmbed2D, init_weights, stream_mask
+from vqgen.transformer.layers import Block, PosEmbed, init_weights, stream_mask
+
+
+@dataclass(frozen=True)
+class VIMConfig(TransformerConfig):
+    """VIM: the shared fields plus ``num_classes`` (0 = unconditional, C = class-conditional)."""
+
+    family_name: ClassVar[str] = "vim"
+    # fields of the one-config-for-all-families layout that VIM never used: dropped from old files
+    legacy_keys: ClassVar[tuple[str, ...]] = ("encoder_depth", "text", "text_loss_weight", "text_attention_bias",
+                                              "image_first")
+    family: str = "vim"
+    num_classes: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.num_classes >= 0, "num_classes", "must be >= 0")
+
+    @property
+    def cond_kind(self) -> str:
+        return "class" if self.num_classes > 0 else "none"
 
 
 @register_model("vim")
 class VIM(TokenModel, PretrainedMixin):
-    config_class = TransformerConfig
+    config_class = VIMConfig
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: VIMConfig):
         super().__init__()
-        if config.family != "vim":
-            raise VqgenError(f"VIM needs family='vim', got {config.family!r}")
+        if not isinstance(config, VIMConfig):
+            raise VqgenError(f"VIM needs a VIMConfig (family='vim'), got family {config.family!r}")
         self.config = config
         self.cond_kind = config.cond_kind
-        d, (h, w) = config.dim, config.grid
+        d = config.dim
         self.tok_emb = nn.Embedding(config.codebook_size, d)
         self.start_emb = nn.Embedding(config.num_classes + 1, d)  # classes, then null / unconditional
-        self.pos_emb = PosEmbed2D(h, w, d)
+        self.pos_emb = PosEmbed(config.grid, d)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.heads, config.mlp_dim, config.dropout, config.norm)
                                     for _ in range(config.depth))
