@@ -174,7 +174,7 @@ def test_one_registry_finds_every_model_by_its_type_lazily():
         register_model("test_tiny")(type("Other", (), {}))
 
 
-@pytest.mark.parametrize("module", ["vqgen.data.cli", "vqgen.eval.cli", "vqgen.serve.cli", "vqgen.tokenizer.cli",
+@pytest.mark.parametrize("module", ["vqgen.data.cli", "vqgen.shapes.cli", "vqgen.eval.cli", "vqgen.serve.cli", "vqgen.tokenizer.cli",
                                     "vqgen.transformer.cli", "vqgen.rerank.cli", "vqgen.superres.cli"])
 def test_command_parsers_import_no_torch(module):
     """What `vqgen --help` imports per command: the parser and nothing heavy (no torch, no model code)."""

@@ -17,6 +17,7 @@ from vqgen.errors import ConfigWarning, VqgenError
 # Modules that define ``register(subparsers)``; one line per area.
 COMMAND_MODULES = [
     "vqgen.data.cli",
+    "vqgen.shapes.cli",  # adds `data shapes` to the data group (a domain brings its own data set)
     "vqgen.eval.cli",
     "vqgen.serve.cli",
     "vqgen.tokenizer.cli",
@@ -91,10 +92,14 @@ def positive_float(text: str) -> float:
 
 
 def add_group(sub, name: str, help: str, description: str | None = None):
-    """Add a command group (e.g. ``vqgen data``) and return its sub-parsers."""
-    group = sub.add_parser(name, help=help, description=description or help)
-    group.set_defaults(group_parser=group, func=None)
-    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    """Add a command group (e.g. ``vqgen data``) and return its sub-parsers. Asked again for the
+    same name, it returns the same sub-parsers: a domain package adds its commands to a group."""
+    groups = sub.__dict__.setdefault("_vqgen_groups", {})
+    if name not in groups:
+        group = sub.add_parser(name, help=help, description=description or help)
+        group.set_defaults(group_parser=group, func=None)
+        groups[name] = group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    return groups[name]
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:

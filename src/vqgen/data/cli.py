@@ -25,14 +25,6 @@ def register(sub) -> None:
                       description="Every source is written as an image folder: PNGs + metadata.jsonl "
                                   "(file_name, text, label, extra columns) + classes.json.")
 
-    p = group.add_parser("shapes", help="render the procedural shapes data set (captions + scene specs)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output image folder")
-    p.add_argument("--num", type=positive_int, default=10000, metavar="N", help="number of images (default 10000)")
-    p.add_argument("--size", type=positive_int, default=64, metavar="S", help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_shapes)
-
     p = group.add_parser("emoji", help="emoji artwork from emoji-datasource-<style> npm packages",
                          description="Captions from the emoji's name and short names, label from its category. "
                                      "Get a package with `npm pack emoji-datasource-google` (a .tgz).")
@@ -68,15 +60,6 @@ def register(sub) -> None:
     p.add_argument("--strict", action="store_true", help="exit with status 1 when anything was skipped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_check)
-
-
-def _shapes(args) -> int:
-    from vqgen.shapes.dataset import write_shapes_dataset
-
-    summary = write_shapes_dataset(args.out, args.num, args.size, args.seed, progress=not args.no_progress)
-    print(f"wrote {summary.get('num', args.num)} shapes images ({args.size}x{args.size}) to {args.out}")
-    print(json.dumps(summary))
-    return 0
 
 
 def _emoji(args) -> int:

@@ -11,6 +11,7 @@ with the same modules.
     evaluate     a folder of images scored; a tokenizer's round-trip ceiling
     negatives    one-edit hard negatives of a caption or spec
     rerank_eval  how well a reranker ranks: retrieval, hard negatives, picks judged by the evaluator
+    cli          `vqgen data shapes` (added to the data command group)
 
 Lower layers only: the domain imports ``vqgen.data`` (records, image folders) and nothing that
 trains or generates. The names below load on first use (``vqgen --help`` does not pay for them).
