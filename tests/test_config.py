@@ -85,3 +85,45 @@ def test_config_module_touches_no_files_and_imports_no_io():
     code = "import sys, vqgen.config\nprint('vqgen.io' in sys.modules, hasattr(vqgen.config, 'save_config'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@dataclass(frozen=True)
+class Animal:
+    kind: str = "cat"
+    legs: int = 4
+
+    @classmethod
+    def config_for(cls, data):
+        return {"cat": Cat, "bird": Bird}[data.get("kind", "cat")]
+
+
+@dataclass(frozen=True)
+class Cat(Animal):
+    legacy_keys = ("wings",)  # an older layout wrote it for every animal
+    purrs: bool = True
+
+
+@dataclass(frozen=True)
+class Bird(Animal):
+    kind: str = "bird"
+    legs: int = 2
+    wings: int = 2
+
+
+@dataclass(frozen=True)
+class Zoo:
+    animal: Animal = field(default_factory=Cat)
+
+
+def test_a_base_config_builds_the_subclass_its_data_names():
+    from vqgen.config import missing_fields
+
+    assert from_dict(Zoo, {"animal": {"kind": "bird", "wings": 4}}) == Zoo(Bird(wings=4))
+    assert from_dict(Zoo, {"animal": {"kind": "cat", "wings": 2, "purrs": False}}) == Zoo(Cat(purrs=False))
+    with pytest.raises(ConfigError, match="unknown config field 'animal.purrs' for Bird"):
+        from_dict(Zoo, {"animal": {"kind": "bird", "purrs": True}})
+    moved = apply_overrides(Zoo(), ["animal.kind=bird", "animal.wings=6"])
+    assert moved == Zoo(Bird(wings=6, legs=4))  # shared fields carry over to the new class
+    assert missing_fields(Zoo, {"animal": {"kind": "bird", "legs": 2}}) == ["animal.wings"]
+    assert missing_fields(Outer, {"inner": {}}) == ["name", "flag", "dims", "path", "inner.size", "inner.rate",
+                                                   "inner.kind"]
