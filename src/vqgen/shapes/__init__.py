@@ -16,7 +16,7 @@ with the same modules.
 Lower layers only: the domain imports ``vqgen.data`` (records, image folders) and nothing that
 trains or generates. The names below load on first use (``vqgen --help`` does not pay for them).
 """
-import importlib
+from vqgen.lazy import lazy_exports
 
 _EXPORTS = {
     "validate_spec": "vqgen.shapes.vocabulary",
@@ -32,8 +32,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vqgen.shapes' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,7 +7,7 @@ registry (:func:`vqgen.io.model_class`).
 """
 from __future__ import annotations
 
-import importlib
+from vqgen.lazy import lazy_exports
 
 # configs and presets are plain dataclasses (no torch): imported now, so the presets are registered
 from vqgen.transformer.config import RunConfig, TextConfig, TrainConfig, TransformerConfig
@@ -30,7 +30,4 @@ def build_model(config):
     return model_class(config.family)(config)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vqgen.transformer' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
