@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vqgen.errors import VqgenError
-from vqgen.io import atomic_write, atomic_write_json, atomic_write_text
+from vqgen.io import atomic_write, atomic_write_json, atomic_write_text, read_json_object
 
 INFO_NAME = "info.json"
 
@@ -33,7 +34,10 @@ class CodeShardWriter:
                  tokenizer_dir: str | Path | None = None, shard_size: int = 10000,
                  class_names: list[str] | None = None):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VqgenError(f"cannot write codes to {self.out_dir}: {e.strerror or e}") from None
         self.grid, self.codebook_size = tuple(grid), int(codebook_size)
         self.tokenizer_dir = str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None
         self.shard_size, self.class_names = shard_size, class_names
@@ -116,12 +120,22 @@ class CodeDataset:
         if not info_path.is_file():
             raise VqgenError(f"{directory} is not a code directory ({INFO_NAME} missing); "
                              "make one with `vqgen tokenizer encode`")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = read_json_object(info_path)
+        for field, kind in (("shards", list), ("grid", list), ("codebook_size", int)):
+            if not isinstance(info.get(field), kind):
+                raise VqgenError(f"{info_path}: '{field}' is missing or not a {kind.__name__}")
+        if not all(isinstance(n, str) and n and "/" not in n and n != ".." for n in info["shards"]):
+            raise VqgenError(f"{info_path}: 'shards' must list shard names inside the folder")
         codes, rows = [], []
         for name in info["shards"]:
-            codes.append(load_file(str(directory / f"{name}.safetensors"))["codes"].long())
-            with open(directory / f"{name}.jsonl", encoding="utf-8") as f:
-                rows.extend(json.loads(line) for line in f if line.strip())
+            shard = directory / f"{name}.safetensors"
+            try:
+                codes.append(load_file(str(shard))["codes"].long())
+                with open(directory / f"{name}.jsonl", encoding="utf-8") as f:
+                    rows.extend(json.loads(line) for line in f if line.strip())
+            except (OSError, ValueError, KeyError, SafetensorError) as e:  # JSON errors are ValueErrors
+                raise VqgenError(f"{directory}: shard {name} cannot be read ({type(e).__name__}: {e}); "
+                                 "re-run `vqgen tokenizer encode`") from None
         if not codes:
             raise VqgenError(f"{directory} holds no code shards")
         all_codes = torch.cat(codes)  # (N, h, w)

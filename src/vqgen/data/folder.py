@@ -38,6 +38,9 @@ RESERVED_COLUMNS = ("file_name", "text", "label")
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise VqgenError(f"{out_dir} exists and is not a directory")
+    above = next((p for p in out_dir.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise VqgenError(f"cannot write the image folder {out_dir}: {above} is a file")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / METADATA_NAME).is_file():
         raise VqgenError(f"{out_dir} is not empty and holds no {METADATA_NAME}; "
                          "refusing to replace it (pick a new or empty directory)")
@@ -53,8 +56,11 @@ def write_image_folder(records: Iterable[Record], out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as e:
+        raise VqgenError(f"cannot write the image folder {out_dir}: {e.strerror or e}") from None
     tmp.chmod(0o755)  # mkdtemp makes it private; the data set is an ordinary folder
     try:
         lines = []
@@ -80,6 +86,9 @@ def write_image_folder(records: Iterable[Record], out_dir: str | Path,
             atomic_write_json(tmp / CLASSES_NAME, list(class_names))
         atomic_write_text(tmp / METADATA_NAME, "".join(lines))
         replace_dir(tmp, out_dir)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise VqgenError(f"cannot write the image folder {out_dir}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
