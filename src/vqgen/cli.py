@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except VqgenError as e:
         print(f"vqgen: error: {e}", file=sys.stderr)
         return 2
+    except (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError) as e:
+        # a path given on the command line cannot be used (a file where a folder goes, no permission)
+        where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+        print(f"vqgen: error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("vqgen: interrupted", file=sys.stderr)
         return 130
