@@ -1,10 +1,18 @@
 """Pipelines: one ``__call__`` from a prompt, a class or nothing to images, through named stages
-(decoder, reranker, upsampler; ``pipelines/base.py``), saved as a directory of components."""
-from vqgen.pipelines.base import (DECODERS, RERANKERS, UPSAMPLERS, Pipeline, PipelineOutput, default_model_dir,
-                                  load_pipeline)
-from vqgen.pipelines.class_conditional import ClassConditionalPipeline
-from vqgen.pipelines.text_to_image import TextToImagePipeline
-from vqgen.pipelines.unconditional import UnconditionalPipeline
+(decoder, reranker, upsampler; ``pipelines/base.py``), saved as a directory of components.
 
-__all__ = ["Pipeline", "PipelineOutput", "TextToImagePipeline", "ClassConditionalPipeline", "UnconditionalPipeline",
-           "load_pipeline", "default_model_dir", "DECODERS", "RERANKERS", "UPSAMPLERS"]
+The names below load on first use (``vqgen --help`` imports ``vqgen.pipelines.cli`` without torch).
+"""
+from vqgen.lazy import lazy_exports
+
+_BASE = "vqgen.pipelines.base"
+_EXPORTS = {
+    "Pipeline": _BASE, "PipelineOutput": _BASE, "load_pipeline": _BASE, "default_model_dir": _BASE,
+    "DECODERS": _BASE, "RERANKERS": _BASE, "UPSAMPLERS": _BASE,
+    "TextToImagePipeline": "vqgen.pipelines.text_to_image",
+    "ClassConditionalPipeline": "vqgen.pipelines.class_conditional",
+    "UnconditionalPipeline": "vqgen.pipelines.unconditional",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
