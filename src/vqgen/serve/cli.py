@@ -6,6 +6,7 @@ import os
 import sys
 
 from vqgen.cli import positive_float, positive_int
+from vqgen.errors import VqgenError
 from vqgen.serve.limits import ServerLimits
 
 
@@ -66,9 +67,12 @@ def run_serve(args) -> int:
     from vqgen.serve.limits import make_limited_server
     from vqgen.serve.server import bind_socket
 
+    if args.api_key == "":  # `--api-key "$KEY"` with KEY unset would otherwise serve without a key
+        raise VqgenError("the API key is empty (--api-key or $VQGEN_API_KEY); give a key, or leave both "
+                         "unset to serve without one")
     config = ServeConfig(
         model_id=os.path.basename(os.path.normpath(args.model)) if args.model else "vqgen-default",
-        api_key=args.api_key or None, max_batch=args.max_batch, max_queue=args.max_queue,
+        api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
         max_n=args.max_n, timeout=args.timeout, batch_window=args.batch_window_ms / 1000,
         url_ttl=args.url_ttl)
     sock = bind_socket(args.host, args.port)
