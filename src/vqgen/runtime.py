@@ -497,14 +497,15 @@ def save_run_config(cfg, run_dir: str | Path) -> None:
 DATA_NAME = "data.json"
 
 
-def report_skips(run_dir: str | Path, source, records: int, skipped, is_main: bool = True) -> dict:
+def report_skips(run_dir: str | Path, source, records: int | None, skipped, is_main: bool = True) -> dict:
     """Print and record in ``RUN/data.json`` the records a run's data reader kept and skipped, by
-    reason (the :data:`~vqgen.data.image.SKIP_REASONS` keys); returns that summary."""
+    reason (the :data:`~vqgen.data.image.SKIP_REASONS` keys); returns that summary. ``records``
+    is None when not known (part of a streamed pass)."""
     skipped = dict(sorted(Counter(skipped).items()))
     summary = {"source": str(source), "records": records, "skipped": skipped, "skipped_total": sum(skipped.values())}
     if is_main:
         detail = ", ".join(f"{k}: {v}" for k, v in skipped.items())
-        print(f"vqgen: {source}: {records} records"
+        print(f"vqgen: {source}: {'?' if records is None else records} records"
               + (f", {summary['skipped_total']} skipped ({detail})" if skipped else ", none skipped"))
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(run_dir) / DATA_NAME, summary)

@@ -17,7 +17,9 @@ def register(sub) -> None:
                          description="Train a tokenizer. On an existing RUN the same command continues from the "
                                      "latest checkpoint with the run's saved config (only steps, intervals and time "
                                      "limits may change). Under `torchrun` it trains with DDP.")
-    p.add_argument("--data", required=True, metavar="DIR", help="image folder (metadata.jsonl + images)")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help="image folder (metadata.jsonl + images), or WebDataset shards (a folder of .tar, one .tar, "
+                        "or a pattern such as 'shards/{00000..00099}.tar'), streamed")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset (tiny, tiny-cnn, emoji, emoji-plain, emoji-cnn, small, base, large, "
                         "small-large); required for a new RUN")
@@ -33,7 +35,7 @@ def register(sub) -> None:
                          description="Prints PSNR, SSIM, MS-SSIM, codebook usage, perplexity, dead codes and "
                                      "rFID (null without --fid-features); the JSON summary is the last line.")
     p.add_argument("run", metavar="RUN", help="a training run (RUN/model or its latest checkpoint) or a model dir")
-    p.add_argument("--data", required=True, metavar="DIR", help="image folder")
+    p.add_argument("--data", required=True, metavar="DATA", help="image folder or WebDataset shards")
     p.add_argument("--split", choices=["heldout", "train", "all"], default="heldout",
                    help="which images: the run's held-out split (default), its training split, or all")
     p.add_argument("--fid-features", default=None, metavar="PATH",
@@ -45,7 +47,7 @@ def register(sub) -> None:
 
     p = group.add_parser("encode", help="pre-tokenize an image folder into code shards (for stage 2)")
     p.add_argument("run", metavar="RUN", help="a training run or a model directory")
-    p.add_argument("--data", required=True, metavar="DIR", help="image folder")
+    p.add_argument("--data", required=True, metavar="DATA", help="image folder or WebDataset shards (streamed)")
     p.add_argument("--out", required=True, metavar="CODES", help="output code directory")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="batch size (default 64)")
     p.add_argument("--shard-size", type=positive_int, default=10000, metavar="N", help="records per shard (default 10000)")
@@ -107,7 +109,9 @@ def _eval(args) -> int:
     from vqgen.metrics.fid import load_feature_extractor
     from vqgen.runtime import pick_device
     from vqgen.tokenizer.config import TokenizerTrainConfig
-    from vqgen.tokenizer.data import holdout_split, load_image_set
+    import torch
+
+    from vqgen.tokenizer.data import heldout_key, holdout_split, is_shard_source, load_image_set
     from vqgen.tokenizer.encode import load_tokenizer
     from vqgen.tokenizer.evaluate import evaluate_tokenizer
 
@@ -123,7 +127,11 @@ def _eval(args) -> int:
             every = load_config(TokenizerTrainConfig, run_cfg).holdout_every
         except ConfigError:
             raise VqgenError(f"--split {args.split} needs the run's config.json ({run_cfg}); use --split all") from None
-    train_idx, held_idx = holdout_split(len(data), every)
+    if is_shard_source(args.data):  # shards hold out by key, as training did
+        held = torch.tensor([heldout_key(k, every) for k in data.keys], dtype=torch.bool)  # (N,)
+        train_idx, held_idx = torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()
+    else:
+        train_idx, held_idx = holdout_split(len(data), every)
     idx = held_idx if args.split == "heldout" else train_idx
     feature_fn = load_feature_extractor(args.fid_features, device) if args.fid_features else None
     stats = evaluate_tokenizer(model, data.images[idx], batch_size=args.batch_size, feature_fn=feature_fn,

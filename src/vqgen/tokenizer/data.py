@@ -1,12 +1,17 @@
-"""Image folders held in memory for tokenizer training and evaluation, and the held-out split."""
+"""Images for tokenizer training and evaluation: an image folder or WebDataset shards held in
+memory (:func:`load_image_set`), shards streamed batch by batch (:class:`ShardBatches`), and the
+held-out split (every n-th image of a folder; the images whose key hashes to it in shards)."""
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from vqgen.errors import VqgenError
 
@@ -37,21 +42,167 @@ class ImageSet:
         return torch.tensor(self.labels, dtype=torch.long)
 
 
-def load_image_set(root: str | Path, size: int) -> ImageSet:
-    """Decode every image of an image folder at ``size`` x ``size`` into one uint8 tensor."""
-    from vqgen.data.folder import ImageFolder
+def is_shard_source(source: str | Path) -> bool:
+    """True for WebDataset shards: one ``.tar``, a brace pattern, or a folder of ``.tar`` files
+    without ``metadata.jsonl`` (an image folder otherwise)."""
+    text = str(source)
+    path = Path(source)
+    if text.endswith(".tar") or ("{" in text and ".tar" in text):
+        return True
+    return path.is_dir() and not (path / "metadata.jsonl").is_file() and any(path.glob("*.tar"))
 
-    folder = ImageFolder(root, size=size)
-    if len(folder) == 0:
-        raise VqgenError(f"{root} holds no usable images (skipped: {dict(folder.skipped) or 'none'})")
-    images, metas, keys = [], [], []
-    for i in range(len(folder)):
-        rec = folder[i]
-        images.append(torch.from_numpy(np.asarray(rec.image, dtype=np.uint8).copy()).permute(2, 0, 1))  # (3, H, W)
+
+def _image_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
+
+
+def load_image_set(root: str | Path, size: int, require_text: bool = False, limit: int = 0) -> ImageSet:
+    """Decode every image of an image folder or of WebDataset shards (at most ``limit``; 0: all)
+    at ``size`` x ``size`` into one uint8 tensor. Skipped records are counted by reason."""
+    if is_shard_source(root):
+        from vqgen.data.webdataset import ShardDataset
+
+        ds = ShardDataset(root, size=size, require_text=require_text, rank=0, world_size=1)
+        records = []
+        for rec in ds:
+            records.append(rec)
+            if limit and len(records) >= limit:
+                break
+        class_names = None
+    else:
+        from vqgen.data.folder import ImageFolder
+
+        ds = ImageFolder(root, size=size, require_text=require_text)
+        records = (ds[i] for i in range(len(ds) if not limit else min(limit, len(ds))))
+        class_names = ds.class_names
+    images, texts, labels, metas, keys = [], [], [], [], []
+    for rec in records:
+        images.append(_image_tensor(rec.image))
+        texts.append(rec.text)
+        labels.append(rec.label)
         metas.append(rec.meta)
         keys.append(rec.key)
-    return ImageSet(images=torch.stack(images), texts=folder.texts, labels=folder.labels, metas=metas,
-                    keys=keys, class_names=folder.class_names, skipped=folder.skipped)
+    if not images:
+        raise VqgenError(f"{root} holds no usable images (skipped: {dict(ds.skipped) or 'none'})")
+    return ImageSet(images=torch.stack(images), texts=texts, labels=labels, metas=metas,
+                    keys=keys, class_names=class_names, skipped=ds.skipped)
+
+
+def heldout_key(key: str, every: int) -> bool:
+    """Whether a shard sample is held out: its key's CRC-32 picks one in ``every`` (0: none)."""
+    return every > 0 and zlib.crc32(key.encode("utf-8")) % every == every - 1
+
+
+class _Batched(IterableDataset):
+    """Runs in each DataLoader worker over its share of the shards: ``("batch", images (B, 3, S, S)
+    uint8, labels, texts, metas, keys)`` items, then one ``("pass", records read, skipped Counter)``."""
+
+    def __init__(self, shards, batch_size: int, holdout_every: int = 0, drop_last: bool = True):
+        super().__init__()
+        self.shards, self.batch_size, self.holdout_every, self.drop_last = shards, batch_size, holdout_every, drop_last
+
+    def _pack(self, recs: list):
+        return ("batch", torch.stack([_image_tensor(r.image) for r in recs]), [r.label for r in recs],
+                [r.text for r in recs], [r.meta for r in recs], [r.key for r in recs])
+
+    def __iter__(self):
+        before = Counter(self.shards.skipped)
+        buf, n = [], 0
+        for rec in self.shards:
+            n += 1
+            if heldout_key(rec.key, self.holdout_every):
+                continue
+            buf.append(rec)
+            if len(buf) == self.batch_size:
+                yield self._pack(buf)
+                buf = []
+        if buf and not self.drop_last:
+            yield self._pack(buf)
+        yield "pass", n, dict(Counter(self.shards.skipped) - before)  # a dict: DataLoader's copy would add Counters
+
+
+def stream_shards(source, size: int, batch_size: int, workers: int = 0, drop_last: bool = False,
+                  holdout_every: int = 0, shards=None) -> Iterator[tuple]:
+    """One pass over shards as batches ``(images (B, 3, S, S) uint8, labels, texts, metas, keys)``,
+    then a final ``(records read, skipped Counter)`` (summed over workers)."""
+    if shards is None:
+        from vqgen.data.webdataset import ShardDataset
+
+        shards = ShardDataset(source, size=size, rank=0, world_size=1)
+    records, skipped = 0, Counter()
+    for kind, *item in DataLoader(_Batched(shards, batch_size, holdout_every, drop_last), batch_size=None,
+                                  num_workers=workers):
+        if kind == "pass":
+            records += item[0]
+            skipped.update(item[1])
+        else:
+            yield tuple(item)
+    yield records, skipped
+
+
+class ShardBatches:
+    """Endless training batches streamed from WebDataset shards, epoch after epoch.
+
+    Each rank and DataLoader worker reads its own shards (:class:`~vqgen.data.webdataset.ShardDataset`);
+    the shard order is shuffled by ``(seed, epoch)``; held-out samples (:func:`heldout_key`) are left
+    out. Yields ``(images (B, 3, S, S) uint8, labels, texts)``. The position (epoch, batches read in
+    it) is the ``state_dict``; resuming re-reads and drops the batches already trained on.
+    After a pass, ``records`` and ``skipped`` (by reason) are that pass's counts for this rank.
+    """
+
+    def __init__(self, source, size: int, batch_size: int, seed: int = 0, holdout_every: int = 0,
+                 rank: int = 0, world_size: int = 1, workers: int = 0):
+        from vqgen.data.webdataset import ShardDataset
+
+        self.source = source
+        self.shards = ShardDataset(source, size=size, rank=rank, world_size=world_size, shuffle=True, seed=seed)
+        self.batch_size, self.holdout_every, self.workers = batch_size, holdout_every, workers
+        self.epoch, self.index = 0, 0
+        self.records, self.skipped, self.passes = 0, Counter(), 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list, list]]:
+        while True:
+            self.shards.set_epoch(self.epoch)
+            got = 0
+            for item in stream_shards(None, 0, self.batch_size, self.workers, True, self.holdout_every, self.shards):
+                if len(item) == 2:
+                    self.records, self.skipped = item
+                    self.passes += 1
+                    continue
+                got += 1
+                if got <= self.index:  # resuming: already trained on
+                    continue
+                self.index += 1
+                yield item[0], item[1], item[2]
+            if got == 0:
+                raise VqgenError(f"{self.source}: fewer than one batch of {self.batch_size} training images for "
+                                 f"this rank (skipped: {dict(self.skipped) or 'none'})")
+            self.epoch, self.index = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def load_heldout_shards(source, size: int, every: int, limit: int) -> ImageSet | None:
+    """Up to ``limit`` held-out images of shards (:func:`heldout_key`) in memory, or None if none."""
+    from vqgen.data.webdataset import ShardDataset
+
+    if every == 0:
+        return None
+    recs = []
+    for rec in ShardDataset(source, size=size, rank=0, world_size=1):
+        if heldout_key(rec.key, every):
+            recs.append(rec)
+            if len(recs) >= limit:
+                break
+    if not recs:
+        return None
+    return ImageSet(images=torch.stack([_image_tensor(r.image) for r in recs]), texts=[r.text for r in recs],
+                    labels=[r.label for r in recs], metas=[r.meta for r in recs], keys=[r.key for r in recs],
+                    class_names=None, skipped=Counter())
 
 
 def holdout_split(n: int, every: int) -> tuple[torch.Tensor, torch.Tensor]:

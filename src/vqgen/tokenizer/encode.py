@@ -40,21 +40,32 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> VQTo
 @torch.no_grad()
 def encode_folder(model: VQTokenizer, data_dir: str | Path, out_dir: str | Path, batch_size: int = 64,
                   shard_size: int = 10000, tokenizer_dir: str | Path | None = None,
-                  device: str | torch.device = "cpu", show_progress: bool = True) -> dict:
-    """Encode every image of an image folder into ``out_dir`` code shards; returns a summary."""
-    from vqgen.tokenizer.data import load_image_set
+                  device: str | torch.device = "cpu", show_progress: bool = True, workers: int = 0) -> dict:
+    """Encode every image of an image folder, or of WebDataset shards (streamed, ``workers``
+    DataLoader workers), into ``out_dir`` code shards; returns a summary with the skip counts."""
+    from vqgen.tokenizer.data import is_shard_source, load_image_set, stream_shards
 
-    data = load_image_set(data_dir, model.config.image_size)
+    size = model.config.image_size
     model = model.to(device).eval()
+    if is_shard_source(data_dir):
+        batches, class_names = stream_shards(data_dir, size, batch_size, workers), None
+    else:
+        data = load_image_set(data_dir, size)
+        class_names = data.class_names
+        batches = (tuple(x[start:start + batch_size] for x in (data.images, data.labels, data.texts, data.metas,
+                                                                data.keys)) for start in range(0, len(data), batch_size))
+        batches = iter([*batches, (len(data), data.skipped)])
+    records, skipped = 0, {}
     with CodeShardWriter(out_dir, model.grid_size, model.config.quantizer.codebook_size,
-                         tokenizer_dir=tokenizer_dir, shard_size=shard_size,
-                         class_names=data.class_names) as writer:
-        for start in progress(range(0, len(data), batch_size), desc="encode", enabled=show_progress):
-            sl = slice(start, start + batch_size)
-            x = data.images[sl].to(device).float().div(255.0)  # (B, 3, H, W)
-            codes = model.encode(x)  # (B, h, w)
-            writer.add(codes, texts=data.texts[sl], labels=data.labels[sl], metas=data.metas[sl], keys=data.keys[sl])
-    return {"num_records": len(data), "grid": list(model.grid_size), "skipped": dict(data.skipped),
+                         tokenizer_dir=tokenizer_dir, shard_size=shard_size, class_names=class_names) as writer:
+        for item in progress(batches, desc="encode", enabled=show_progress):
+            if len(item) == 2:  # the end: (records read, skipped by reason)
+                records, skipped = item
+                continue
+            images, labels, texts, metas, keys = item
+            codes = model.encode(images.to(device).float().div(255.0))  # (B, h, w)
+            writer.add(codes, texts=list(texts), labels=list(labels), metas=list(metas), keys=list(keys))
+    return {"num_records": records, "grid": list(model.grid_size), "skipped": dict(sorted(skipped.items())),
             "codes": str(out_dir)}
 
 

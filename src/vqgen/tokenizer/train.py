@@ -7,22 +7,26 @@ final model at ``RUN/model/``. Called again on the same RUN it continues from th
 """
 from __future__ import annotations
 
+import os
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.runtime import (EpochBatches, Limits, RunLogger, autocast, cleanup_distributed, init_distributed,
+from vqgen.runtime import (DATA_NAME, EpochBatches, Limits, RunLogger, autocast, cleanup_distributed, init_distributed,
                            load_weights, lr_factor, metrics_bytes, model_dir, progress, report_skips,
                            resolve_run_config, resume_from, rng_state, save_checkpoint, save_final,
                            save_run_config, seed_everything, set_lr, set_rng_state, unwrap)
 from vqgen.tokenizer.base import VQTokenizer
 from vqgen.tokenizer.cnn_vqgan import CNNVQGAN
 from vqgen.tokenizer.config import TokenizerTrainConfig
-from vqgen.tokenizer.data import ImageSet, holdout_split, load_image_set
+from vqgen.tokenizer.data import (ImageSet, ShardBatches, holdout_split, is_shard_source, load_heldout_shards,
+                                  load_image_set)
 from vqgen.tokenizer.discriminator import StyleGANDiscriminator
 from vqgen.tokenizer.evaluate import evaluate_tokenizer, reconstruction_grid
 from vqgen.tokenizer.losses import ReconstructionLoss, gan_discriminator_loss
@@ -37,11 +41,15 @@ def build_tokenizer(cfg: TokenizerTrainConfig) -> VQTokenizer:
     return ViTVQGAN(cfg.vit) if cfg.arch == "vit_vqgan" else CNNVQGAN(cfg.cnn)
 
 
-def _conditions(cfg: TokenizerTrainConfig, data: ImageSet, text_encoder: TextEncoder | None) -> torch.Tensor | None:
-    """Per-image decoder conditions (N,) labels or (N, ..., D) text embeddings, or None."""
+def _conditions(cfg: TokenizerTrainConfig, labels: list, texts: list,
+                text_encoder: TextEncoder | None) -> torch.Tensor | None:
+    """Decoder conditions of images with these labels and captions: (N,) labels or (N, ..., D)
+    text embeddings, or None for an unconditioned decoder."""
     cond = cfg.model.cond
     if cond.kind == "class":
-        labels = data.label_tensor()
+        if any(label is None for label in labels):
+            raise VqgenError("class conditioning needs a label on every record (metadata.jsonl 'label')")
+        labels = torch.tensor(labels, dtype=torch.long)  # (N,)
         if labels.max().item() >= cond.num_classes:
             raise ConfigError(f"config field '{cfg.arch[:3]}.cond.num_classes' is {cond.num_classes} but the "
                               f"data has label {labels.max().item()}")
@@ -49,13 +57,71 @@ def _conditions(cfg: TokenizerTrainConfig, data: ImageSet, text_encoder: TextEnc
     if cond.kind == "text":
         if text_encoder is None:
             raise ConfigError("cond.kind=text needs a text encoder to embed the captions")
-        if any(t is None for t in data.texts):
+        if any(t is None for t in texts):
             raise VqgenError("text conditioning needs a caption on every record (metadata.jsonl 'text')")
-        emb = text_encoder(list(data.texts)).float()  # (N, D) or (N, T, D)
+        emb = text_encoder(list(texts)).float()  # (N, D) or (N, T, D)
         if emb.shape[-1] != cond.text_dim:
             raise ConfigError(f"cond.text_dim is {cond.text_dim} but the text encoder gives {emb.shape[-1]}")
         return emb
     return None
+
+
+@dataclass
+class TrainImages:
+    """Where training batches and evaluation images come from: an image folder in memory, or
+    WebDataset shards streamed (:class:`~vqgen.tokenizer.data.ShardBatches`) with their held-out
+    images in memory. ``position`` is the resumable batch order; ``batches()`` yields
+    ``(images (B, 3, S, S) uint8, conditions or None)``."""
+
+    position: EpochBatches | ShardBatches
+    batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor | None]]]
+    eval_set: ImageSet | None  # held-out images (shards: the first ones found), else None
+    eval_conds: torch.Tensor | None
+    samples: ImageSet  # up to 8 images for reconstruction grids
+    sample_conds: torch.Tensor | None
+
+
+def open_images(cfg: TokenizerTrainConfig, source, run_dir: Path, info, text_encoder: TextEncoder | None,
+                data: ImageSet | None = None) -> TrainImages:
+    """Open the training images (``data`` if given, else ``source``) and record their skip counts."""
+    bs = cfg.optim.batch_size
+    if data is None and is_shard_source(source):
+        workers = min(4, (os.cpu_count() or 1) // info.world_size) if info.device.type == "cuda" else 0
+        stream = ShardBatches(source, cfg.image_size, bs, cfg.seed, cfg.holdout_every, info.rank, info.world_size,
+                              workers)
+        held = load_heldout_shards(source, cfg.image_size, cfg.holdout_every, max(8, cfg.eval_batches * bs))
+        samples = held or load_image_set(source, cfg.image_size, limit=8)
+
+        def shard_batches():
+            for images, labels, texts in stream:
+                yield images, _conditions(cfg, labels, texts, text_encoder)
+
+        return TrainImages(stream, shard_batches, held, _conditions(cfg, held.labels, held.texts, text_encoder)
+                           if held else None, samples, _conditions(cfg, samples.labels, samples.texts, text_encoder))
+    if data is None:
+        data = load_image_set(source, cfg.image_size)
+    elif tuple(data.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
+        raise VqgenError(f"images are {tuple(data.images.shape[-2:])}, the model wants {cfg.image_size}")
+    report_skips(run_dir, source, len(data), data.skipped, info.is_main)
+    train_idx, eval_idx = holdout_split(len(data), cfg.holdout_every)
+    conds = _conditions(cfg, data.labels, data.texts, text_encoder)
+    order = EpochBatches(len(train_idx), bs, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+
+    def folder_batches():
+        for ids in order:
+            ids = train_idx[ids]  # (B,)
+            yield data.images[ids], (conds[ids] if conds is not None else None)
+
+    sample_idx = (eval_idx if len(eval_idx) else train_idx)[:8]
+
+    def subset(idx: torch.Tensor) -> ImageSet:
+        pick = idx.tolist()
+        return ImageSet(data.images[idx], [data.texts[i] for i in pick], [data.labels[i] for i in pick],
+                        [data.metas[i] for i in pick], [data.keys[i] for i in pick], data.class_names, Counter())
+
+    return TrainImages(order, folder_batches, subset(eval_idx) if len(eval_idx) else None,
+                       conds[eval_idx] if conds is not None else None, subset(sample_idx),
+                       conds[sample_idx] if conds is not None else None)
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, data_dir: str | Path, run_dir: str | Path,
@@ -78,13 +144,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data_dir: str | Path, run_dir: st
 
 def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> VQTokenizer:
     device = info.device
-    if data is None:
-        data = load_image_set(data_dir, cfg.image_size)
-    elif tuple(data.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
-        raise VqgenError(f"images are {tuple(data.images.shape[-2:])}, the model wants {cfg.image_size}")
-    report_skips(run_dir, data_dir, len(data), data.skipped, info.is_main)
-    train_idx, eval_idx = holdout_split(len(data), cfg.holdout_every)
-    conds = _conditions(cfg, data, text_encoder)
+    images = open_images(cfg, data_dir, run_dir, info, text_encoder, data)
 
     seed_everything(cfg.seed)
     model = build_tokenizer(cfg).to(device)
@@ -99,8 +159,7 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                 weight_decay=cfg.optim.weight_decay)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr, betas=(0.0, 0.99)) if disc else None
-    batches = EpochBatches(len(train_idx), cfg.optim.batch_size, seed=cfg.seed, rank=info.rank,
-                           world_size=info.world_size)
+    batches = images.position
     monitor = CodebookMonitor(model.config.quantizer.codebook_size, cfg.codebook.dead_after)
 
     def restore(ckpt: Path, state: dict) -> None:
@@ -134,9 +193,8 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         ddp_disc = DDP(disc, device_ids=ids) if disc is not None else None
 
     logger = RunLogger(run_dir, enabled=info.is_main)
-    sample_idx = (eval_idx if len(eval_idx) else train_idx)[:8]
     bar = progress(total=cfg.steps, desc=f"train {cfg.arch}", enabled=info.is_main and show_progress, initial=step)
-    it = iter(batches)
+    it = images.batches()
     sums: dict[str, float] = {}
     n_sum, images_seen, t_log = 0, 0, time.perf_counter()
     k = model.config.quantizer.codebook_size
@@ -144,9 +202,9 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
 
     while step < cfg.steps and not stop:
         model.train()
-        ids = train_idx[next(it)]  # (B,)
-        x = data.float_images(ids).to(device)  # (B, 3, H, W)
-        cond = conds[ids].to(device) if conds is not None else None
+        x, cond = next(it)
+        x = x.to(device).float().div_(255.0)  # (B, 3, H, W)
+        cond = cond.to(device) if cond is not None else None
         gan_on = disc is not None and step >= cfg.loss.gan_start
 
         lr = set_lr(opt, cfg.optim.lr * lr_factor(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
@@ -199,10 +257,10 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
             bar.set_postfix(loss=f"{row['train/loss']:.4f}", usage=f"{row['train/codebook_usage']:.3f}")
             sums, n_sum, images_seen, t_log = {}, 0, 0, now
         if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or stop):
-            _log_samples(logger, model, data, sample_idx, conds, device, step)
+            _log_samples(logger, model, images.samples, images.sample_conds, device, step)
         if info.is_main and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            _log_eval(logger, model, data, eval_idx[:cfg.eval_batches * cfg.optim.batch_size], conds, device,
-                      step, cfg.optim.batch_size)
+            _log_eval(logger, model, images.eval_set, images.eval_conds, device, step, cfg.optim.batch_size,
+                      limit=cfg.eval_batches * cfg.optim.batch_size)
         if step % cfg.ckpt_every == 0 or step == cfg.steps or stop:
             if info.is_main:
                 resume = {"step": step, **limits.state_dict(), "opt": opt.state_dict(),
@@ -217,9 +275,15 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
                 dist.barrier()
     bar.close()
 
+    if info.is_main and isinstance(batches, ShardBatches):  # shards are counted as they stream
+        where = f"{data_dir} (rank 0's shards)" if info.distributed else data_dir
+        if batches.passes:
+            report_skips(run_dir, where, batches.records, batches.skipped)
+        elif not (run_dir / DATA_NAME).is_file():  # keep a full pass's counts from before a resume
+            report_skips(run_dir, f"{where}, part of one pass", None, batches.shards.skipped)
     if info.is_main:
         save_final(model, run_dir / "model")
-        _log_eval(logger, model, data, eval_idx, conds, device, step, cfg.optim.batch_size)
+        _log_eval(logger, model, images.eval_set, images.eval_conds, device, step, cfg.optim.batch_size)
     logger.close()
     return unwrap(model)
 
@@ -239,20 +303,21 @@ def _maybe_restart(cfg, model: VQTokenizer, monitor: CodebookMonitor, out, step:
     return n
 
 
-def _log_samples(logger: RunLogger, model: VQTokenizer, data: ImageSet, idx: torch.Tensor,
-                 conds: torch.Tensor | None, device, step: int) -> None:
+def _log_samples(logger: RunLogger, model: VQTokenizer, data: ImageSet, conds: torch.Tensor | None,
+                 device, step: int) -> None:
     model.eval()
     with torch.no_grad():
-        x = data.float_images(idx).to(device)  # (b, 3, H, W)
-        c = conds[idx].to(device) if conds is not None else None
+        x = data.float_images(torch.arange(len(data))).to(device)  # (b, 3, H, W)
+        c = conds.to(device) if conds is not None else None
         y = model.decode(model.encode(x), c)  # (b, 3, H, W)
     logger.image("reconstruction", step, reconstruction_grid(x, y))
 
 
-def _log_eval(logger: RunLogger, model: VQTokenizer, data: ImageSet, idx: torch.Tensor,
-              conds: torch.Tensor | None, device, step: int, batch_size: int) -> None:
-    if len(idx) == 0:
+def _log_eval(logger: RunLogger, model: VQTokenizer, data: ImageSet | None, conds: torch.Tensor | None, device,
+              step: int, batch_size: int, limit: int = 0) -> None:
+    if data is None:
         return
-    stats = evaluate_tokenizer(model, data.images[idx], conds[idx] if conds is not None else None,
+    n = len(data) if not limit else min(limit, len(data))
+    stats = evaluate_tokenizer(model, data.images[:n], conds[:n] if conds is not None else None,
                                batch_size=batch_size, device=device)
     logger.log(step, {f"eval/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
