@@ -156,3 +156,12 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
     assert 0 <= summary["pick_hard"]["pick_passed"] <= 1 and "heldout_r1" in summary
     assert main(["rerank", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2"),
                  "--preset", "tiny", "--no-progress"]) == 2
+
+
+def test_pairs_load_from_webdataset_shards(tmp_path):
+    from tests.test_tokenizer_train import write_shards
+    from vqgen.rerank.train import load_pairs
+
+    data = load_pairs(write_shards(tmp_path / "shards", bad=1), 16, holdout_every=4, show_progress=False)
+    assert data.images.shape == (23, 3, 16, 16) and data.texts[0] == "image 1"
+    assert len(data.heldout_idx) == 5 and dict(data.skipped) == {"corrupt": 1}

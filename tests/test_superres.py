@@ -92,3 +92,13 @@ def test_cli_rejects_data_smaller_than_the_target(tmp_path, tiny_tokenizer, caps
                  "--out", str(tmp_path / "run"), "--preset", "tiny", "--no-progress"])
     assert code == 2
     assert "at least 64x64" in capsys.readouterr().err
+
+
+def test_cli_train_reads_webdataset_shards(tmp_path, tiny_tokenizer):
+    from tests.test_tokenizer_train import write_shards
+
+    shards = write_shards(tmp_path / "shards", num_shards=2, per_shard=6, size=32)
+    run = tmp_path / "run"
+    assert main(["superres", "train", "--data", str(shards), "--tokenizer", str(tiny_tokenizer), "--scale", "2",
+                 "--out", str(run), "--preset", "tiny", "--no-progress", "--steps", "2"]) == 0
+    assert json.loads((run / "data.json").read_text())["records"] == 12

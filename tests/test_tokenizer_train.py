@@ -193,7 +193,7 @@ def test_a_resumed_run_may_change_only_steps_and_limits(folder, tmp_path, capsys
 
 
 # -- WebDataset shards ---------------------------------------------------------------------------
-def write_shards(root, num_shards: int = 3, per_shard: int = 8, bad: int = 0):
+def write_shards(root, num_shards: int = 3, per_shard: int = 8, bad: int = 0, size: int = 16):
     """Tiny img2dataset-style shards: KEY.png + KEY.txt (+ KEY.cls); the first ``bad`` PNGs are garbage."""
     import io
     import tarfile
@@ -204,7 +204,7 @@ def write_shards(root, num_shards: int = 3, per_shard: int = 8, bad: int = 0):
         with tarfile.open(root / f"{s:05d}.tar", "w") as tar:
             for j in range(per_shard):
                 buf = io.BytesIO()
-                _blocks(n).save(buf, format="PNG")
+                _blocks(n, size).save(buf, format="PNG")
                 png = b"not a png" if n < bad else buf.getvalue()
                 for ext, data in (("png", png), ("txt", f"image {n}".encode()), ("cls", str(n % 3).encode())):
                     info = tarfile.TarInfo(f"{n:06d}.{ext}")

@@ -14,7 +14,7 @@ def register(sub) -> None:
                          description="Train a BPE tokenizer on the captions, then the dual encoder (symmetric "
                                      "InfoNCE, learned temperature, optional one-edit hard negatives). Prints the "
                                      "held-out caption->image R@1 at the end; the model goes to RUN/model/.")
-    p.add_argument("--data", required=True, metavar="DIR", help="image folder (metadata.jsonl with captions)")
+    p.add_argument("--data", required=True, metavar="DIR", help="image folder (metadata.jsonl with captions) or WebDataset shards")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset: tiny, small (default: small for a new RUN, the saved config for an existing one)")

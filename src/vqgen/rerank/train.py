@@ -99,19 +99,17 @@ class PairSet:
 
 
 def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progress: bool = True) -> PairSet:
-    """Read an image folder with captions into memory (records without text are skipped)."""
-    from vqgen.data.folder import ImageFolder
+    """Read an image folder or WebDataset shards with captions into memory (records without text
+    are skipped and counted)."""
+    from vqgen.tokenizer.data import load_image_set
 
-    ds = ImageFolder(data_dir, size=size, require_text=True, progress=show_progress)
-    if len(ds) == 0:
-        raise VqgenError(f"{data_dir} holds no image with a caption (skipped: {dict(ds.skipped)})")
-    images = torch.empty(len(ds), 3, size, size, dtype=torch.uint8)
-    for i in progress(range(len(ds)), desc="loading images", enabled=show_progress):
-        a = np.asarray(ds[i].image.convert("RGB"), dtype=np.uint8)  # (S, S, 3)
-        images[i] = torch.from_numpy(a.copy()).permute(2, 0, 1)
-    idx = torch.arange(len(ds))
+    try:
+        data = load_image_set(data_dir, size, require_text=True)
+    except VqgenError as e:
+        raise VqgenError(f"{data_dir} holds no image with a caption ({e})") from None
+    idx = torch.arange(len(data))
     held = idx % holdout_every == holdout_every - 1
-    return PairSet(images, list(ds.texts), idx[~held], idx[held], ds.skipped)
+    return PairSet(data.images, list(data.texts), idx[~held], idx[held], data.skipped)
 
 
 def degrade_batch(images: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:

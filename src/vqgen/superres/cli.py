@@ -15,7 +15,7 @@ def register(sub) -> None:
                                      "to its size. Targets: the images at scale x that size, so make the data "
                                      "at the higher size (e.g. `vqgen data shapes --size 128` for a 64px "
                                      "tokenizer and --scale 2). Prints held-out PSNR against bicubic upsampling.")
-    p.add_argument("--data", required=True, metavar="DIR", help="image folder at the higher resolution")
+    p.add_argument("--data", required=True, metavar="DIR", help="image folder or WebDataset shards at the higher resolution")
     p.add_argument("--tokenizer", required=True, metavar="TOKRUN",
                    help="a tokenizer run (RUN/model, else its latest checkpoint) or a saved tokenizer directory")
     p.add_argument("--scale", type=int, choices=[2, 4], default=None, help="upsampling factor (default: the preset's, 2)")

@@ -109,9 +109,9 @@ def _first_image_size(root: Path) -> tuple[int, int] | None:
 @torch.no_grad()
 def prepare_data(tokenizer, data_dir: str | Path, scale: int, max_images: int, holdout_every: int,
                  device: torch.device, batch_size: int = 64, show_progress: bool = True) -> SuperResData:
-    """Read the folder at the target size and run the frozen tokenizer over the downsampled images."""
-    from vqgen.data.folder import ImageFolder
-    from vqgen.data.image import to_tensor
+    """Read the image folder or shards at the target size and run the frozen tokenizer over the
+    downsampled images."""
+    from vqgen.tokenizer.data import load_image_set
 
     if getattr(tokenizer, "cond_embed", None) is not None:
         raise VqgenError("a tokenizer whose decoder is conditioned (class/text) is not supported here")
@@ -122,13 +122,11 @@ def prepare_data(tokenizer, data_dir: str | Path, scale: int, max_images: int, h
     if first is not None and min(first) < high:
         raise VqgenError(f"{root} holds {first[0]}x{first[1]} images; x{scale} on a {low_size}px tokenizer needs "
                          f"at least {high}x{high} (make the data at the higher size)")
-    ds = ImageFolder(root, size=high, progress=show_progress)
-    n = len(ds) if max_images == 0 else min(len(ds), max_images)
+    data = load_image_set(root, high, limit=max_images)
+    n = len(data)
     if n < 2:
-        raise VqgenError(f"{root} has {len(ds)} usable images; super-resolution needs at least 2")
-    targets = torch.empty(n, 3, high, high, dtype=torch.uint8)
-    for i in range(n):
-        targets[i] = (to_tensor(ds[i].image) * 255).round().to(torch.uint8)
+        raise VqgenError(f"{root} has {n} usable images; super-resolution needs at least 2")
+    targets = data.images  # (N, 3, H, W) uint8
     inputs = torch.empty(n, 3, low_size, low_size)
     low = torch.empty(n, 3, low_size, low_size)
     tokenizer = tokenizer.to(device).eval()
@@ -141,7 +139,7 @@ def prepare_data(tokenizer, data_dir: str | Path, scale: int, max_images: int, h
     held = idx % holdout_every == holdout_every - 1
     if not held.any():
         held[-1] = True
-    return SuperResData(inputs, targets, low, idx[~held], idx[held], ds.skipped)
+    return SuperResData(inputs, targets, low, idx[~held], idx[held], data.skipped)
 
 
 # ----------------------------------------------------------------------------- training
