@@ -21,7 +21,6 @@ and at the end :func:`save_final`. Learning-rate schedules are :func:`lr_factor`
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fnmatch
 import json
 import math
@@ -46,7 +45,6 @@ from vqgen.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_torch_save, atomic_write
                       replace_dir, save_config)
 
 C = TypeVar("C")
-T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- devices, ranks

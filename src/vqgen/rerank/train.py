@@ -219,13 +219,18 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     step = int(state["step"]) if state is not None else 0
     limits = Limits(cfg.time_limit_min, cfg.cpu_limit_min, state)
 
+    neg_rng = np.random.default_rng(cfg.seed * 7919 + step)  # hard negatives
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)  # augmentation
+    if state is not None and "neg_rng" in state:  # continue both streams where they were
+        neg_rng.bit_generator.state = state["neg_rng"]
+        aug_gen.set_state(state["aug_rng"])
+
     def resume_state() -> dict:
         return {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(), "step": step,
+                "neg_rng": neg_rng.bit_generator.state, "aug_rng": aug_gen.get_state(),
                 **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)}
 
     all_ids, all_mask = tokenizer.encode(data.texts, cfg.model.max_len)  # (N, L) x2
-    neg_rng = np.random.default_rng(cfg.seed * 7919 + step)
-    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     logger = RunLogger(run_dir)
     bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress)
     model.train()

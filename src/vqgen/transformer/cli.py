@@ -11,7 +11,10 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a token transformer on pre-tokenized codes (resumes an existing RUN)",
                        description="Train VIM / Parti / unified transformers on CODES written by "
                                    "`vqgen tokenizer encode`. Runs on CPU, a GPU, or under torchrun (DDP; FSDP "
-                                   "with --set train.fsdp=true). Re-running on an existing RUN resumes it.")
+                                   "with --set train.fsdp=true). Re-running the same command on an existing RUN "
+                                   "resumes it (only steps, intervals and time limits may change). Fine-tune with "
+                                   "--set train.init_from=MODEL_OR_RUN and keep parameters fixed with "
+                                   "--set train.freeze='blocks.0.*,tok_emb*' (name patterns).")
     p.add_argument("--codes", required=True, metavar="CODES", help="code directory (info.json + shards)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset (see `vqgen transformer presets`); required for a new run")
