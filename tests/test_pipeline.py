@@ -389,3 +389,18 @@ def test_pipeline_build_and_clusters_commands(tmp_path, capsys):
     assert main(["pipeline", "build", "--tokenizer", str(tmp_path / "tokenizer"), "--transformer",
                  str(tmp_path / "transformer"), "--out", str(tmp_path / "q"), "--set", "rerank=0"]) == 2
     assert "rerank" in capsys.readouterr().err
+
+
+def test_save_never_replaces_a_folder_that_is_not_a_pipeline(pipe, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(VqgenError, match="not a pipeline directory"):
+        pipe.save_pretrained(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(VqgenError, match="not a pipeline directory"):
+        pipe.save_pretrained(tmp_path / "afile")
+    pipe.save_pretrained(tmp_path / "p")
+    pipe.save_pretrained(tmp_path / "p")  # a pipeline directory is replaced whole
+    (tmp_path / "empty").mkdir()
+    pipe.save_pretrained(tmp_path / "empty")

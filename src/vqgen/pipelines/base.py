@@ -325,8 +325,15 @@ class Pipeline:
         from vqgen.sampling.clusters import save_clusters
 
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        if directory.exists() and not (directory / PIPELINE_NAME).is_file() and \
+                (not directory.is_dir() or any(directory.iterdir())):
+            raise VqgenError(f"cannot write a pipeline to {directory}: it exists and is not a pipeline directory "
+                             "(it would be replaced)")
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        except OSError as e:
+            raise VqgenError(f"cannot write a pipeline to {directory}: {e.strerror or e}") from None
         try:
             names = {}
             for name in COMPONENTS:
