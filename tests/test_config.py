@@ -127,3 +127,23 @@ def test_a_base_config_builds_the_subclass_its_data_names():
     assert missing_fields(Zoo, {"animal": {"kind": "bird", "legs": 2}}) == ["animal.wings"]
     assert missing_fields(Outer, {"inner": {}}) == ["name", "flag", "dims", "path", "inner.size", "inner.rate",
                                                    "inner.kind"]
+
+
+@dataclass(frozen=True)
+class Sized:
+    size: int = 1
+
+    def __post_init__(self):
+        require(self.size >= 1, "size", "must be >= 1")  # named relative to itself
+
+
+@dataclass(frozen=True)
+class Holder:
+    part: Sized = field(default_factory=Sized)
+
+
+def test_an_override_rejected_by_a_nested_check_names_the_whole_field():
+    with pytest.raises(ConfigError, match=r"^config field 'part.size': must be >= 1$"):
+        apply_overrides(Holder(), ["part.size=0"])
+    with pytest.raises(ConfigError, match=r"^config field 'inner.size': must be positive$"):
+        apply_overrides(Outer(), ["inner.size=0"])  # already whole: unchanged

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from typing import Any, Callable, Literal, TypeVar, Union, get_args, get_origin
@@ -231,10 +232,19 @@ def _set_path(cfg, path: list[str], raw: str, full: str):
         return from_dict(target, {k: v for k, v in data.items() if k in keep})
     try:
         return dataclasses.replace(cfg, **{head: value})
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise _qualified(e, type(cfg), full[: len(full) - len(head)]) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config field {full!r}: {e}") from None
+
+
+def _qualified(err: ConfigError, cls: type, prefix: str) -> ConfigError:
+    """``err`` with the field it names made whole (``'lr'`` -> ``'optim.lr'``) when a nested
+    config's own check named one of its fields relative to itself."""
+    m = re.match(r"config field '([^']+)'", str(err))
+    if not prefix or not m or m.group(1).split(".")[0] not in _field_types(cls):
+        return err
+    return ConfigError(f"config field {prefix + m.group(1)!r}{str(err)[m.end():]}")
 
 
 def apply_overrides(cfg: C, overrides: list[str] | None) -> C:
