@@ -173,6 +173,8 @@ def test_bad_dataset_arguments():
         ShapesDataset(3, size=8)
     with pytest.raises(VqgenError, match="category"):
         sample_spec(np.random.default_rng(0), "scribble")
+    with pytest.raises(VqgenError, match="seed must be an integer >= 0"):
+        ShapesDataset(3, seed=-1)
 
 
 def test_a_spec_that_cannot_be_placed_is_redrawn_not_fatal():

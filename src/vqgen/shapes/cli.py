@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from vqgen.cli import add_group, positive_int
+from vqgen.cli import add_group, nonnegative_int, positive_int
 
 
 def register(sub) -> None:
@@ -13,7 +13,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output image folder")
     p.add_argument("--num", type=positive_int, default=10000, metavar="N", help="number of images (default 10000)")
     p.add_argument("--size", type=positive_int, default=64, metavar="S", help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, metavar="K", help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_shapes)
 

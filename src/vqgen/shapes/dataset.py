@@ -37,6 +37,8 @@ class ShapesDataset:
             raise VqgenError(f"the number of scenes must be >= 0, got {num}")
         if not 16 <= size <= 1024:
             raise VqgenError(f"shapes image size must be between 16 and 1024 pixels, got {size}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise VqgenError(f"the shapes seed must be an integer >= 0, got {seed!r}")
         self.num, self.size, self.seed = num, size, seed
 
     def __len__(self) -> int:
