@@ -35,7 +35,8 @@ def digits_records(size: int = 32) -> list[Record]:
 
 def write_digits_dataset(out_dir: str | Path, size: int = 32, progress: bool = True) -> dict:
     """Write the digits as an image folder (labels 0-9, classes.json of the digit words)."""
-    from vqgen.data.folder import write_image_folder
+    from vqgen.data.folder import check_out_dir, write_image_folder
 
+    check_out_dir(out_dir)
     n = write_image_folder(digits_records(size), out_dir, class_names=DIGIT_WORDS, progress=progress)
     return {"out": str(out_dir), "count": n}

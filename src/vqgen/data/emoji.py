@@ -181,8 +181,9 @@ def write_emoji_dataset(packages, out_dir: str | Path, styles: list[str] | None 
                         skin_tones: bool = False, background: tuple[int, int, int] = (255, 255, 255),
                         progress: bool = True) -> dict:
     """Write emoji artwork as an image folder; returns a summary (count, per-style and per-class counts, skipped)."""
-    from vqgen.data.folder import write_image_folder
+    from vqgen.data.folder import check_out_dir, write_image_folder
 
+    check_out_dir(out_dir)
     es = load_emoji(packages, styles, size, skin_tones, background, progress)
     if not es.records:
         raise VqgenError("no emoji artwork found for the requested styles")

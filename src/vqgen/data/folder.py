@@ -35,7 +35,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 RESERVED_COLUMNS = ("file_name", "text", "label")
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse an output folder that cannot become an image folder, before any work is done."""
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise VqgenError(f"{out_dir} exists and is not a directory")
     above = next((p for p in out_dir.parents if p.exists()), None)
@@ -55,7 +57,7 @@ def write_image_folder(records: Iterable[Record], out_dir: str | Path,
     is replaced. Each record's ``meta`` keys become extra columns (JSON values).
     """
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
