@@ -221,7 +221,8 @@ def summarize(rows: list[dict], settings: ReportSettings) -> dict[str, Any]:
         names += [setting_name(g, settings.rerank) for g in settings.guidance]
     summary: dict[str, Any] = {
         "prompts": len({r["prompt_index"] for r in rows}), "samples": settings.samples,
-        "sampling": None if settings.sampling is None else asdict(settings.sampling),
+        "sampling": None if settings.sampling is None else  # the sweep sets guidance and rerank
+        {k: v for k, v in asdict(settings.sampling).items() if k not in ("guidance_scale", "rerank")},
         "rerank": settings.rerank, "guidance": list(settings.guidance), "seed": settings.seed,
         "settings": {n: _accuracy(setting_rows(rows, n)) for n in names}}
     if settings.rerank > 1:
