@@ -200,3 +200,15 @@ def test_damage_counted_once_across_ranks(tmp_path):
         keys += [r.key for r in ds]
         total += ds.skipped
     assert len(keys) == len(set(keys)) == 8 and total == {"bad_tar_header": 1, "bad_shard": 1}
+
+
+def test_duplicate_member_in_a_sample_counted(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("a.png", PNG), ("a.txt", b"first"), ("a.txt", b"second"), ("b.png", PNG)):
+            add(tar, name, data)
+    (tmp_path / "d.tar").write_bytes(buf.getvalue())
+    ds = ShardDataset(tmp_path / "d.tar", rank=0, world_size=1)
+    texts = {r.key: r.text for r in ds}
+    assert texts == {"d.tar:a": "first", "d.tar:b": None} and dict(ds.skipped) == {"duplicate": 1}
+    assert ds.problems[0][0] == "a.txt"
