@@ -32,7 +32,7 @@ def register(sub) -> None:
                         "criteria, per-object and per-relation results, detections)")
     p.add_argument("--prompts", metavar="FILE", default=None,
                    help="with --model: prompt suite, JSON lines {prompt, spec[, category]} "
-                        "(default: prompts/shapes_suite.jsonl)")
+                        "(default: the suite shipped in the package, vqgen/prompts/shapes_suite.jsonl)")
     p.add_argument("--per-category", type=int, default=None, metavar="N",
                    help="with --model: only the first N prompts of each category (a quicker, balanced subset)")
     p.add_argument("--samples", type=int, default=4, metavar="K",
