@@ -86,6 +86,7 @@ class Upsampler(Protocol):
 DECODERS: dict[str, str] = {
     "autoregressive": "vqgen.sampling.autoregressive:generate",
     "naive": "vqgen.sampling.autoregressive:generate_naive",
+    "sjd": "vqgen.sampling.sjd:generate_sjd",
 }
 RERANKERS: dict[str, str] = {
     "clip": "vqgen.pipelines.stages:ClipRerank",

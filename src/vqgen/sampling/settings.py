@@ -26,6 +26,8 @@ MAX_RERANK = 16  # candidates per image, on the command line and the server alik
 MAX_GUIDANCE = 100.0
 MAX_TEMPERATURE = 10.0
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
+SJD_INITS = ("last", "random")
+MAX_SJD_WINDOW = 1024
 
 
 def _number(value: Any, name: str, integer: bool = False) -> None:
@@ -61,7 +63,10 @@ class SamplingConfig:
     the N most likely codebook clusters (CogView2's cluster sampling; the pipeline needs fitted
     clusters), 0 = off. ``rerank``: candidates drawn per image, the reranker keeps the best (1 =
     off). ``compile``: ``torch.compile`` the decode step. ``cuda_graph``: replay one captured
-    decode step on CUDA.
+    decode step on CUDA. ``sjd_window``, ``sjd_init``, ``sjd_max_iters``: the ``sjd`` decoder's
+    window of guessed codes per forward pass, how guesses past the last pass's outputs are made
+    (``last``: drawn from the window's last distribution; ``random``: uniform codes) and a cap on
+    its window passes after which it writes one code per pass (0 = no cap); see ``sampling/sjd.py``.
     """
 
     decoder: str = "autoregressive"
@@ -74,6 +79,9 @@ class SamplingConfig:
     rerank: int = 1
     compile: bool = False
     cuda_graph: bool = False
+    sjd_window: int = 16
+    sjd_init: Literal["last", "random"] = "last"
+    sjd_max_iters: int = 0
 
     def __post_init__(self):
         require(isinstance(self.decoder, str) and bool(self.decoder), "decoder", "must name a decoder")
@@ -94,6 +102,12 @@ class SamplingConfig:
                 f"must be 1..{MAX_RERANK} candidates per image (1 = off), got {self.rerank}")
         for flag in ("compile", "cuda_graph"):
             require(isinstance(getattr(self, flag), bool), flag, "must be true or false")
+        _number(self.sjd_window, "sjd_window", integer=True)
+        require(1 <= self.sjd_window <= MAX_SJD_WINDOW, "sjd_window",
+                f"must be 1..{MAX_SJD_WINDOW} codes per pass, got {self.sjd_window}")
+        require(self.sjd_init in SJD_INITS, "sjd_init", f"must be one of {', '.join(SJD_INITS)}, got {self.sjd_init!r}")
+        _number(self.sjd_max_iters, "sjd_max_iters", integer=True)
+        require(self.sjd_max_iters >= 0, "sjd_max_iters", f"must be >= 0 passes (0 = no cap), got {self.sjd_max_iters}")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "sampling") -> "SamplingConfig":

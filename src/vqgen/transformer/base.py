@@ -7,7 +7,11 @@ Every model family (``vim``, ``parti``, ``unified``) is a :class:`TokenModel`:
 * sampling: ``cache = model.new_cache(batch, device=..., dtype=...)``, then
   ``logits = model.prefill(cond, cache)`` for the first image token still to be written (after the
   condition and any image prefix), then ``logits = model.decode_step(tokens, cache)`` once per
-  sampled token. Logits are always ``(B, codebook_size)`` float32 over image codes.
+  sampled token. Logits are always ``(B, codebook_size)`` float32 over image codes;
+* speculative decoding: ``logits = model.decode_window(tokens, cache)`` appends ``L`` codes
+  ``(B, L)`` in one forward pass (causal inside the window) and returns ``(B, L, V)``: row ``i``
+  is what ``decode_step`` would return after the first ``i + 1`` of them. ``cache.rewind(n)``
+  then forgets every position from ``n`` on (the rejected guesses), so the next call overwrites them.
 
 A sampler never looks inside the model: the cache is static (per-layer ``(B, H, T_max, Dh)``
 tensors written in place at ``cache.pos``, a 0-d tensor), so a decode step has fixed shapes and
@@ -160,6 +164,13 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[2]
 
+    def rewind(self, length: int) -> None:
+        """Keep the first ``length`` stream positions; later keys/values are stale and get
+        overwritten by the next write (attention never reaches past a query's own position)."""
+        if not 0 <= length <= int(self.pos):
+            raise VqgenError(f"cannot rewind a cache at position {int(self.pos)} to {length}")
+        self.pos.fill_(length)
+
     def reset(self) -> None:
         """Forget everything written (reuse the buffers for a new batch of the same size)."""
         self.pos.zero_()
@@ -226,6 +237,12 @@ class TokenModel(nn.Module):
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Append sampled image codes ``tokens`` (B,); logits (B, V) for the code after them."""
         raise NotImplementedError
+
+    def decode_window(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Append ``L`` image codes ``tokens`` (B, L) at once; logits (B, L, V), row ``i`` for the
+        code after ``tokens[:, i]``. Families override this with one forward pass; this fallback
+        runs ``L`` decode steps."""
+        return torch.stack([self.decode_step(tokens[:, i], cache) for i in range(tokens.shape[1])], 1)  # (B, L, V)
 
     # -- representation ---------------------------------------------------------------------
     def features(self, codes: torch.Tensor, layer: int, cond: Condition | None = None) -> torch.Tensor:

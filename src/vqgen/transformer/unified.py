@@ -176,12 +176,14 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
     def cache_len(self) -> int:
         return self.text_len + self.image_seq_len  # the text, then the image codes
 
-    def _run_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def _run_cached(self, x: torch.Tensor, cache: KVCache, every: bool = False) -> torch.Tensor:
         q_pos = cache.pos + torch.arange(x.shape[1], device=x.device)  # (T,)
         mask = self._mask(q_pos, cache.max_len)  # (T, T_max)
         for i, blk in enumerate(self.blocks):
             x = blk(x, mask=mask, kv=(cache.k[i], cache.v[i]), pos=cache.pos)
         cache.pos += x.shape[1]
+        if every:
+            return self.head(self.norm(x)).float()  # (B, T, V)
         return self.head(self.norm(x[:, -1])).float()  # (B, V)
 
     def prefill(self, cond: Condition | None, cache: KVCache) -> torch.Tensor:
@@ -196,3 +198,8 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         x = self.tok_emb(tokens)[:, None] + self.pos_emb(cache.pos - self.text_len)  # (B, 1, D)
         return self._run_cached(x, cache)
+
+    def decode_window(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        idx = cache.pos - self.text_len + torch.arange(tokens.shape[1], device=tokens.device)  # (L,)
+        x = self.tok_emb(tokens) + self.pos_emb(idx)  # (B, L, D)
+        return self._run_cached(x, cache, every=True)  # (B, L, V)

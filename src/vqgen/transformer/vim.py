@@ -102,12 +102,14 @@ class VIM(TokenModel, PretrainedMixin):
         return x[:, 1:]  # (B, N, D): the outputs at the image codes
 
     # -- sampling -------------------------------------------------------------------------
-    def _run_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def _run_cached(self, x: torch.Tensor, cache: KVCache, every: bool = False) -> torch.Tensor:
         q_pos = cache.pos + torch.arange(x.shape[1], device=x.device)  # (T,)
         mask = stream_mask(q_pos, cache.max_len)  # (T, T_max)
         for i, blk in enumerate(self.blocks):
             x = blk(x, mask=mask, kv=(cache.k[i], cache.v[i]), pos=cache.pos)
         cache.pos += x.shape[1]
+        if every:
+            return self.head(self.norm(x)).float()  # (B, T, V)
         return self.head(self.norm(x[:, -1])).float()  # (B, V)
 
     def prefill(self, cond: Condition | None, cache: KVCache) -> torch.Tensor:
@@ -121,3 +123,8 @@ class VIM(TokenModel, PretrainedMixin):
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         x = self.tok_emb(tokens)[:, None] + self.pos_emb(cache.pos - 1)  # (B, 1, D)
         return self._run_cached(x, cache)
+
+    def decode_window(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        idx = cache.pos - 1 + torch.arange(tokens.shape[1], device=tokens.device)  # (L,)
+        x = self.tok_emb(tokens) + self.pos_emb(idx)  # (B, L, D)
+        return self._run_cached(x, cache, every=True)  # (B, L, V)
