@@ -1,5 +1,6 @@
 """Autoregressive sampling speed: the KV-cached sampler against full recomputation and against
-DALLE-pytorch's cached ``generate_images``, plus where one decode step's time goes.
+DALLE-pytorch's cached ``generate_images``, plus where one decode step's time goes, and
+speculative Jacobi decoding (SJD) against the cached sampler.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/sampling.py [--peer-python /work/peers/dalle/bin/python]
 
@@ -19,6 +20,13 @@ time excludes its VAE decode, timed separately and subtracted. It is timed twice
 (``cond_scale=1``; DALLE-pytorch 1.6.6 then ignores ``use_cache``, its ``forward_with_cond_scale``
 does not pass the cache on) and guided (``cond_scale`` = λ, where its cache is used). Without the
 peer environment its figures are printed as skipped, with the reason.
+
+SJD (``vqgen.sampling.sjd``) against the cached sampler, forward passes per call (every image of
+a batch takes part in every pass; guided rows share it) and CPU seconds per image, at batch 1
+and 8, plain and guided, on (a) the bundled model (``vqgen.pipelines.load_pipeline()``: Parti,
+8x8 codes, its own settings: temperature 0.5, guidance λ = 2) and (b) the DALLE-sized model
+above (random weights, top-k half, λ = 3). The final line's ``sjd_passes_ratio`` and
+``sjd_cpu_ratio`` are AR ÷ SJD on the bundled model at batch 1 with its own (guided) settings.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import torch
 
 from vqgen.sampling import SamplingConfig, generate, generate_naive
 from vqgen.sampling import CachedLoop, Picker, make_plan
+from vqgen.sampling.sjd import SJDStats, generate_sjd
 from vqgen.transformer.base import Condition
 from vqgen.transformer.config import TextConfig, TransformerConfig
 from vqgen.transformer.unified import Unified
@@ -153,6 +162,57 @@ def step_breakdown(model: Unified, cond: Condition, config: SamplingConfig, reps
     return {"step_ms": 1e3 * step_s, "picker_ms": 1e3 * pick_s, "matmul_ms": 1e3 * mm_s}
 
 
+SJD_PROMPTS = ["a red circle above a blue square", "two green triangles", "a small yellow square",
+               "a purple circle to the left of an orange triangle", "three blue circles", "a large red square",
+               "a green circle below a yellow triangle", "an orange square to the right of a purple circle"]
+
+
+def sjd_compare(model, cond: Condition, base: SamplingConfig, window: int, reps: int) -> dict:
+    """The cached sampler and SJD on the same rows and seeds (``reps`` calls each, after a
+    warm-up): forward passes per call (AR: the prefill and one step per code but the last) and
+    CPU seconds (``CLOCK``) per image."""
+    rows = cond.batch_size
+    ar_cfg, sjd_cfg = replace(base, decoder="autoregressive"), replace(base, decoder="sjd", sjd_window=window)
+    seed = lambda r: torch.Generator().manual_seed(r)  # noqa: E731
+    generate(model, cond, config=ar_cfg, generator=seed(0))
+    generate_sjd(model, cond, config=sjd_cfg, generator=seed(0))
+    ar_s = sum(timed(lambda: generate(model, cond, config=ar_cfg, generator=seed(r)))[0] for r in range(reps))
+    passes, sjd_s = [], 0.0
+    for r in range(reps):
+        st = SJDStats()
+        sjd_s += timed(lambda: generate_sjd(model, cond, config=sjd_cfg, generator=seed(r), stats=st))[0]
+        passes.append(st.passes)
+    ar_p = model.image_seq_len - cond.prefix_len
+    out = {"ar_passes": ar_p, "sjd_passes": sum(passes) / reps, "ar_cpu": ar_s / reps / rows,
+           "sjd_cpu": sjd_s / reps / rows}
+    out["passes_ratio"], out["cpu_ratio"] = ar_p / out["sjd_passes"], out["ar_cpu"] / out["sjd_cpu"]
+    return out
+
+
+def sjd_figures(args, dalle_model: Unified, dalle_cond: Condition, dalle_cfgs: dict) -> dict:
+    """``sjd_compare`` on the bundled model and the DALLE-sized one, batch 1 and 8, plain and
+    guided; prints a line per case; {(model, batch, plain|cfg): figures}."""
+    from vqgen.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    bundled = pipe.transformer.eval()
+    own = replace(pipe.sampling, rerank=1)
+    cases = {"bundled": (bundled, lambda b: pipe.condition(SJD_PROMPTS[:b], "cpu"),
+                         {"plain": replace(own, guidance_scale=1.0), "cfg": own}, args.sjd_reps),
+             "dalle": (dalle_model, lambda b: dalle_cond.index(slice(0, b)), dalle_cfgs, 1)}
+    figs = {}
+    for name, (model, cond_of, cfgs, reps) in cases.items():
+        for batch in (1, 8):
+            cond = cond_of(batch)
+            for kind, cfg in cfgs.items():
+                f = figs[name, batch, kind] = sjd_compare(model, cond, cfg, args.sjd_window, reps)
+                print(f"sjd {name} batch {batch} {kind} (window {args.sjd_window}, λ={cfg.guidance_scale:g}, "
+                      f"T={cfg.temperature:g}, top-k {cfg.top_k}): passes/call AR {f['ar_passes']} SJD "
+                      f"{f['sjd_passes']:.1f} ({f['passes_ratio']:.2f}x fewer); CPU s/image AR {f['ar_cpu']:.3f} "
+                      f"SJD {f['sjd_cpu']:.3f} ({f['cpu_ratio']:.2f}x less)", flush=True)
+    return figs
+
+
 def run_peer(args) -> dict:
     py = args.peer_python
     if not py or not Path(py).exists():
@@ -192,6 +252,9 @@ def main(argv=None) -> int:
                    help="intra-op threads for both sides")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd decode step")
     p.add_argument("--no-naive", action="store_true", help="skip the slow full-recompute figures")
+    p.add_argument("--no-sjd", action="store_true", help="skip the SJD figures")
+    p.add_argument("--sjd-window", type=int, default=SamplingConfig().sjd_window, help="SJD window (codes per pass)")
+    p.add_argument("--sjd-reps", type=int, default=4, help="seeds per SJD/AR figure on the bundled model")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     global CLOCK
@@ -235,6 +298,8 @@ def main(argv=None) -> int:
         print(f"decode step ({name}): {b['step_ms']:.2f} ms; its matmuls alone {b['matmul_ms']:.2f} ms "
               f"({100 * b['matmul_ms'] / b['step_ms']:.0f}%); picker {b['picker_ms']:.2f} ms", flush=True)
 
+    sjd = {} if args.no_sjd else sjd_figures(args, model, cond, {"plain": plain, "cfg": guided})
+
     peer = run_peer(args)
     if "skipped" in peer:
         print(f"dalle-pytorch: skipped ({peer['skipped']})", flush=True)
@@ -260,6 +325,12 @@ def main(argv=None) -> int:
     for name, b in br.items():
         parts.append(f"step_{name}={b['step_ms']:.2f}ms matmul_{name}={b['matmul_ms']:.2f}ms "
                      f"picker_{name}={b['picker_ms']:.2f}ms")
+    if sjd:
+        head = sjd["bundled", 1, "cfg"]
+        parts.append(f"sjd_passes_ratio={head['passes_ratio']:.2f}x sjd_cpu_ratio={head['cpu_ratio']:.2f}x")
+        for (name, batch, kind), f in sjd.items():
+            if (name, batch, kind) != ("bundled", 1, "cfg"):
+                parts.append(f"sjd_{name}_b{batch}_{kind}={f['passes_ratio']:.2f}x/{f['cpu_ratio']:.2f}x")
     print("sampling: " + " ".join(parts))
     return 0
 
