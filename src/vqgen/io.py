@@ -44,14 +44,28 @@ def _new_temp(path: Path) -> tuple[str, int]:
     raise VqgenError(f"cannot create a temp file beside {path}")
 
 
+def make_dir(path: str | Path) -> Path:
+    """``path`` as a folder, made with its parents if needed; a one-line error naming it when it
+    cannot be (a file in the way, no permission, a read-only or virtual file system)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VqgenError(f"cannot create the folder {path}: {e.strerror or e}") from None
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same directory).
 
     The file gets the mode a plain ``open(path, "w")`` would give (``0o666 & ~umask``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, mode = _new_temp(path)
+    make_dir(path.parent)
+    try:
+        tmp, mode = _new_temp(path)
+    except OSError as e:
+        raise VqgenError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         write(tmp)
         os.chmod(tmp, mode)  # a writer that replaced the file (safetensors) may have left 0600

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from vqgen.config import apply_overrides, from_dict, get_preset, to_dict
 from vqgen.errors import ConfigError, VqgenError
 from vqgen.io import (CONFIG_NAME, WEIGHTS_NAME, atomic_torch_save, atomic_write_json, atomic_write_text, load_config,
-                      replace_dir, save_config)
+                      make_dir, replace_dir, save_config)
 
 C = TypeVar("C")
 
@@ -206,7 +206,7 @@ class RunLogger:
         self.enabled = enabled
         self._tb = None
         if enabled:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.run_dir)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -487,7 +487,7 @@ def resolve_run_config(run_dir: str | Path, requested: C, fitted: tuple[str, ...
 
 
 def save_run_config(cfg, run_dir: str | Path) -> None:
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     save_config(cfg, Path(run_dir) / CONFIG_NAME)
 
 
@@ -505,7 +505,7 @@ def report_skips(run_dir: str | Path, source, records: int | None, skipped, is_m
         detail = ", ".join(f"{k}: {v}" for k, v in skipped.items())
         print(f"vqgen: {source}: {'?' if records is None else records} records"
               + (f", {summary['skipped_total']} skipped ({detail})" if skipped else ", none skipped"))
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir)
         atomic_write_json(Path(run_dir) / DATA_NAME, summary)
     return summary
 

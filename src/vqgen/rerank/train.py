@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from vqgen.config import get_preset, register_preset, require
 from vqgen.errors import VqgenError
-from vqgen.io import load_pretrained
+from vqgen.io import load_pretrained, make_dir
 from vqgen.rerank.clip import FAMILY as MODEL_FAMILY
 from vqgen.rerank.clip import ClipConfig, ClipReranker, check_reranker
 from vqgen.shapes.rerank_eval import hard_negative_accuracy, retrieval_at_1
@@ -199,7 +199,7 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     else:
         tokenizer = TextTokenizer.train([data.texts[i] for i in data.train_idx.tolist()],
                                         vocab_size=cfg.bpe_vocab_size)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir)
         tokenizer.save(tok_path)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=max(tokenizer.vocab_size, 5)))
 

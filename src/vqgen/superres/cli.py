@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from vqgen.cli import add_group, add_set_argument
+from vqgen.cli import add_group, add_set_argument, positive_int
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset: tiny, small (default: small for a new RUN, the saved config for an existing one)")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="total training steps (default: the preset's)")
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N", help="total training steps (default: the preset's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(p)
     p.set_defaults(func=_train)

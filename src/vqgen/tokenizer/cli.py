@@ -24,7 +24,7 @@ def register(sub) -> None:
                    help="config preset (tiny, tiny-cnn, emoji, emoji-plain, emoji-cnn, small, base, large, "
                         "small-large); required for a new RUN")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="total training steps (default: the preset's)")
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N", help="total training steps (default: the preset's)")
     p.add_argument("--text-encoder", default=None, metavar="DIR",
                    help="a local Hugging Face text-encoder directory (for cond.kind=text; mean-pooled)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
