@@ -323,6 +323,9 @@ def test_the_bundled_model_loads_and_draws_what_it_is_asked():
     out = p(item["prompt"], num_images=2, generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images[0].shape == (64, 64, 3) and out.scores.shape == (2,)
     assert sum(score(im, item["spec"]).passed for im in out.images) >= 1  # single objects pass 0.97 of the time
+    assert p.clusters.shape == (256,) and int(p.clusters.max()) == 31  # cluster sampling works out of the box
+    clustered = p(item["prompt"], rerank=1, cluster=4, generator=torch.Generator().manual_seed(0), output_type="codes")
+    assert clustered.codes.shape == (1, 8, 8)
 
 
 # ----------------------------------------------------------------------------- the commands
