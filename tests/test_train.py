@@ -17,7 +17,7 @@ from vqgen.cli import main as cli_main
 from vqgen.data.codes import CodeShardWriter
 from vqgen.errors import ConfigError, VqgenError
 from vqgen.io import PretrainedMixin, register_model
-from vqgen.transformer.base import Condition, TokenModel
+from vqgen.transformer.base import TokenModel
 from vqgen.transformer.train import step_lr, train
 
 from tests.tolerances import assert_same_sgd_step

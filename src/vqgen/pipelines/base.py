@@ -30,7 +30,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 
@@ -49,7 +49,6 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 # ----------------------------------------------------------------------------- stage protocols
-@runtime_checkable
 class Decoder(Protocol):
     """Turns a condition into codes: ``(model, cond, num=, config=, generator=, progress=, clusters=,
     guidance=) → (num, *grid) long``. ``num`` rows (a multiple of the condition's rows; the
@@ -60,7 +59,6 @@ class Decoder(Protocol):
                  clusters: torch.Tensor | None, guidance: torch.Tensor | None) -> torch.Tensor: ...
 
 
-@runtime_checkable
 class Reranker(Protocol):
     """Scores candidates, higher is better: ``score(images (N, 3, H, W), codes (N, *grid), prompts) → (N,)``."""
 
@@ -70,7 +68,6 @@ class Reranker(Protocol):
     def score(self, images: torch.Tensor, codes: torch.Tensor, prompts: list[str]) -> torch.Tensor: ...
 
 
-@runtime_checkable
 class Upsampler(Protocol):
     """``(images (N, 3, H, W), prompts, generator) → (N, 3, H*scale, W*scale)``; ``scale`` is an int."""
 

@@ -15,8 +15,6 @@ from vqgen.errors import VqgenError
 from vqgen.io import CONFIG_NAME, WEIGHTS_NAME
 from vqgen.runtime import latest_checkpoint, progress
 from vqgen.tokenizer.base import VQTokenizer
-from vqgen.tokenizer.cnn_vqgan import CNNVQGAN  # noqa: F401  (registers cnn_vqgan)
-from vqgen.tokenizer.vit_vqgan import ViTVQGAN  # noqa: F401  (registers vit_vqgan)
 
 
 def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> VQTokenizer:
