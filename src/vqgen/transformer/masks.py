@@ -206,7 +206,7 @@ _FLEX = {"status": "not run", "compiled": None}
 
 def flex_status() -> str:
     """What :func:`attend` with ``backend="flex"`` last ran: ``"compiled"``, ``"eager (compile
-    failed: ...)"`` or ``"not run"``."""
+    failed: ...)"`` (after one failure every later call runs eagerly, without retrying) or ``"not run"``."""
     return _FLEX["status"]
 
 
@@ -234,7 +234,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, ba
             _FLEX["status"] = "compiled"
             return y
         except Exception as e:  # noqa: BLE001 — any compile failure means: run it eagerly
-            _FLEX["status"] = f"eager (compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            _FLEX["status"] = f"eager (compile failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
             warnings.warn(f"flex_attention did not compile, running it eagerly: {_FLEX['status']}", stacklevel=2)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
