@@ -1,5 +1,6 @@
 """The server's connection limits (vqgen.serve.limits): a slow client cannot hold a connection."""
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -50,6 +51,8 @@ def drip(address, chunks: list[bytes], interval: float) -> tuple[bytes, float]:
     start = time.monotonic()
     with socket.create_connection(address, timeout=10) as conn:
         for chunk in chunks:
+            if select.select([conn], [], [], 0)[0]:  # the server answered: stop sending (no RST race)
+                break
             try:
                 conn.sendall(chunk)
             except OSError:  # the server has closed the connection
