@@ -246,11 +246,8 @@ ROWS = [
     row("eval-shapes-tokenizer-missing", "eval shapes --tokenizer {W}/nope", "is not a saved model"),
     row("eval-shapes-data-out-is-file", "eval shapes --model {P} --out {W}/e12 --data-out {F} --per-category 1 "
         "--samples 1 --no-progress", "{F}"),
-    row("eval-shapes-seed-negative", "eval shapes --model {P} --out {W}/e13 --seed -1", "seed",
-        owner("LEAD (eval/cli.py --seed -1: ValueError traceback from numpy)")),
-    row("eval-shapes-rerank-10000", "eval shapes --model {P} --out {W}/e14 --rerank 10000", "'rerank'",
-        pytest.mark.xfail(run=False, reason="owner: LEAD (eval shapes --rerank is unbounded: 10000 runs for minutes "
-                                            "and GBs; the CLI and server refuse > 16). Remove this mark when fixed")),
+    row("eval-shapes-seed-negative", "eval shapes --model {P} --out {W}/e13 --seed -1", "seed"),
+    row("eval-shapes-rerank-10000", "eval shapes --model {P} --out {W}/e14 --rerank 10000", "rerank"),
     row("eval-shapes-out-is-file", "eval shapes --model {P} --out {F_REPORT} --per-category 1 --samples 1 "
         "--no-progress", "{F_REPORT}"),
     # --- serve (each fails before serving; --port 0 so a busy port 8000 changes nothing) --------------

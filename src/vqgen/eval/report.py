@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vqgen.shapes.vocabulary import CATEGORIES
 from vqgen.errors import VqgenError
-from vqgen.sampling.settings import SamplingConfig, check_guidance
+from vqgen.sampling.settings import MAX_RERANK, SamplingConfig, check_guidance, check_seed
 
 REPORT_NAME = "report.md"
 SUMMARY_NAME = "summary.json"
@@ -71,8 +71,9 @@ class ReportSettings:
             raise VqgenError(f"guidance values repeat: {list(self.guidance)}")
         if self.samples < 1:
             raise VqgenError(f"samples must be >= 1, got {self.samples}")
-        if self.rerank < 0 or self.rerank == 1:
-            raise VqgenError(f"rerank must be 0 (off) or a number of candidates >= 2, got {self.rerank}")
+        if self.rerank < 0 or self.rerank == 1 or self.rerank > MAX_RERANK:
+            raise VqgenError(f"rerank must be 0 (off) or 2..{MAX_RERANK} candidates, got {self.rerank}")
+        check_seed(self.seed)
         if self.batch < 1 or self.grid_prompts < 1:
             raise VqgenError("batch and grid_prompts must be >= 1")
 
