@@ -220,6 +220,7 @@ ROWS = [
     row("pipeline-clusters-missing", "pipeline clusters {W}/nope --num 4", "does not exist"),
     row("pipeline-clusters-num-too-many", "pipeline clusters {P} --num 100000", "num_clusters"),
     row("pipeline-clusters-num-zero", "pipeline clusters {P} --num 0", "must be positive"),
+    row("pipeline-clusters-seed-negative", "pipeline clusters {P} --num 4 --seed -1", "seed"),
     row("pipeline-clusters-pipeline-json-null", "pipeline clusters {P_NULL} --num 4", "got null"),
     # --- eval ---------------------------------------------------------------------------------------
     row("eval-shapes-nothing-to-score", "eval shapes", "one of the arguments"),

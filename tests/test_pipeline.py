@@ -407,3 +407,16 @@ def test_save_never_replaces_a_folder_that_is_not_a_pipeline(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "p")  # a pipeline directory is replaced whole
     (tmp_path / "empty").mkdir()
     pipe.save_pretrained(tmp_path / "empty")
+
+
+def test_a_saved_pipeline_folder_honours_the_umask(pipe, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        d = pipe.save_pretrained(tmp_path / "p")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o755
+    assert stat.S_IMODE((d / "pipeline.json").stat().st_mode) == 0o644

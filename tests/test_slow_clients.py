@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vqgen.serve.limits import ServerLimits, make_limited_server
+from vqgen.serve.server import ServerLimits, make_server
 from vqgen.serve.server import bind_socket
 
 READ_TIMEOUT = 0.6
@@ -32,7 +32,7 @@ async def echo_app(scope, receive, send):
 @contextlib.contextmanager
 def limited_server(**limits):
     sock = bind_socket("127.0.0.1", 0)
-    server = make_limited_server(echo_app, sock, "warning", ServerLimits(**limits))
+    server = make_server(echo_app, sock, "warning", ServerLimits(**limits))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -26,6 +26,7 @@ Every component folder is a saved model (``config.json`` + ``model.safetensors``
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -330,6 +331,9 @@ class Pipeline:
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved pipeline is shared like any folder
         except OSError as e:
             raise VqgenError(f"cannot write a pipeline to {directory}: {e.strerror or e}") from None
         try:

@@ -214,7 +214,9 @@ def _model_dir(path: str | None):
 def _clusters(args) -> int:
     from vqgen.pipelines import load_pipeline
     from vqgen.sampling import fit_clusters
+    from vqgen.sampling.settings import check_seed
 
+    check_seed(args.seed)
     pipe = load_pipeline(args.model)
     clusters = fit_clusters(pipe.tokenizer.codebook_embeddings(), num_clusters=args.num, seed=args.seed)
     pipe.with_components(clusters=clusters).save_pretrained(args.model)

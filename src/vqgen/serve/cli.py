@@ -7,7 +7,7 @@ import sys
 
 from vqgen.cli import positive_float, positive_int
 from vqgen.errors import VqgenError
-from vqgen.serve.limits import ServerLimits
+from vqgen.serve.server import ServerLimits
 
 
 def register(sub) -> None:
@@ -64,8 +64,7 @@ def run_serve(args) -> int:
 
     from vqgen.runtime import pick_device
     from vqgen.serve.app import ServeConfig, create_app
-    from vqgen.serve.limits import make_limited_server
-    from vqgen.serve.server import bind_socket
+    from vqgen.serve.server import bind_socket, make_server
 
     if args.api_key == "":  # `--api-key "$KEY"` with KEY unset would otherwise serve without a key
         raise VqgenError("the API key is empty (--api-key or $VQGEN_API_KEY); give a key, or leave both "
@@ -89,7 +88,7 @@ def run_serve(args) -> int:
         print(f"vqgen: serving {config.model_id} at http://{host}:{port}/ (API base "
               f"http://{host}:{port}/v1, docs /docs)", file=sys.stderr)
         limits = ServerLimits(read_timeout=args.read_timeout, max_connections=args.max_connections)
-        make_limited_server(app, sock, args.log_level, limits).run(sockets=[sock])
+        make_server(app, sock, args.log_level, limits).run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
-from dataclasses import dataclass
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from vqgen.config import require
+from vqgen.serve.server import ServerLimits
 
 log = logging.getLogger("vqgen.serve")
 
@@ -26,25 +24,6 @@ _TIMEOUT_BODY = b"request not received in time\n"
 _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                      b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
 _REQUEST_READ = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)  # h11 states past reading a request
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """``read_timeout``: seconds a client has to send a whole request (line, headers, body);
-    ``keep_alive``: seconds an idle connection stays open between requests;
-    ``max_connections``: open connections (and running requests) past which requests are
-    answered 503; ``max_header_bytes``: the largest request line plus headers (more is a 400)."""
-
-    read_timeout: float = 30.0
-    keep_alive: int = 5
-    max_connections: int = 256
-    max_header_bytes: int = 16384
-
-    def __post_init__(self):
-        require(self.read_timeout > 0, "read_timeout", "must be positive")
-        require(self.keep_alive >= 1, "keep_alive", "must be at least 1")
-        require(self.max_connections >= 1, "max_connections", "must be at least 1")
-        require(self.max_header_bytes >= 1024, "max_header_bytes", "must be at least 1024")
 
 
 class ReadDeadlineProtocol(H11Protocol):
@@ -95,13 +74,3 @@ def uvicorn_options(limits: ServerLimits) -> dict:
     return dict(http=functools.partial(ReadDeadlineProtocol, read_timeout=limits.read_timeout),
                 timeout_keep_alive=limits.keep_alive, limit_concurrency=limits.max_connections,
                 h11_max_incomplete_event_size=limits.max_header_bytes)
-
-
-def make_limited_server(app, sock: socket.socket, log_level: str = "warning",
-                        limits: ServerLimits = ServerLimits()):
-    """A ``uvicorn.Server`` for ``app`` on ``sock`` with ``limits`` applied."""
-    import uvicorn
-
-    host, port = sock.getsockname()[:2]
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                         **uvicorn_options(limits)))

@@ -5,8 +5,29 @@ import contextlib
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
+from vqgen.config import require
 from vqgen.errors import VqgenError
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """``read_timeout``: seconds a client has to send a whole request (line, headers, body);
+    ``keep_alive``: seconds an idle connection stays open between requests;
+    ``max_connections``: open connections (and running requests) past which requests are
+    answered 503; ``max_header_bytes``: the largest request line plus headers (more is a 400)."""
+
+    read_timeout: float = 30.0
+    keep_alive: int = 5
+    max_connections: int = 256
+    max_header_bytes: int = 16384
+
+    def __post_init__(self):
+        require(self.read_timeout > 0, "read_timeout", "must be positive")
+        require(self.keep_alive >= 1, "keep_alive", "must be at least 1")
+        require(self.max_connections >= 1, "max_connections", "must be at least 1")
+        require(self.max_header_bytes >= 1024, "max_header_bytes", "must be at least 1024")
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -25,12 +46,15 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def make_server(app, sock: socket.socket, log_level: str = "warning"):
-    """A ``uvicorn.Server`` for ``app`` that will listen on ``sock``."""
+def make_server(app, sock: socket.socket, log_level: str = "warning", limits: ServerLimits = ServerLimits()):
+    """A ``uvicorn.Server`` for ``app`` that will listen on ``sock``, with ``limits`` applied
+    (read deadline, keep-alive, connections, header size: ``serve/limits.py``)."""
     import uvicorn
 
+    from vqgen.serve.limits import uvicorn_options
+
     host, port = sock.getsockname()[:2]
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, **uvicorn_options(limits)))
 
 
 @contextlib.contextmanager
