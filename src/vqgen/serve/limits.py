@@ -16,7 +16,6 @@ import logging
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from vqgen.serve.server import ServerLimits
 
 log = logging.getLogger("vqgen.serve")
 
@@ -69,8 +68,8 @@ class ReadDeadlineProtocol(H11Protocol):
         self.transport.close()
 
 
-def uvicorn_options(limits: ServerLimits) -> dict:
-    """Keyword arguments for ``uvicorn.Config`` that apply ``limits``."""
+def uvicorn_options(limits) -> dict:
+    """Keyword arguments for ``uvicorn.Config`` that apply ``limits`` (a ``server.ServerLimits``)."""
     return dict(http=functools.partial(ReadDeadlineProtocol, read_timeout=limits.read_timeout),
                 timeout_keep_alive=limits.keep_alive, limit_concurrency=limits.max_connections,
                 h11_max_incomplete_event_size=limits.max_header_bytes)
