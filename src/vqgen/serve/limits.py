@@ -16,7 +16,6 @@ import logging
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-
 log = logging.getLogger("vqgen.serve")
 
 _TIMEOUT_BODY = b"request not received in time\n"
