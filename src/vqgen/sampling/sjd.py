@@ -97,6 +97,7 @@ class SJDLoop:
         return logits.float().softmax(-1)  # (B, n, V)
 
     def uniforms(self, n: int) -> torch.Tensor:
+        """``n`` fresh uniforms per row from the call's generator(s): (B, n)."""
         return _uniforms(self.plan.batch, n, self.generator, self.plan.u.device)  # (B, n)
 
     def guesses(self, probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -114,6 +115,7 @@ class SJDLoop:
 
     # -- the loop -------------------------------------------------------------------------
     def prefill(self) -> torch.Tensor:
+        """Write the condition rows (and their null rows) into the cache: raw logits (B', V)."""
         p = self.plan
         both = p.cond if p.null is None else Condition.cat([p.cond, p.null])
         self.stats.passes += 1
