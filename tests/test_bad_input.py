@@ -158,6 +158,10 @@ ROWS = [
     row("superres-train-scale-3", "superres train --data {D} --tokenizer {R} --out {W}/s5 --scale 3",
         "invalid choice: 3"),
     # --- generate -----------------------------------------------------------------------------------
+    row("generate-decoder-unknown", "generate 'a red circle' --model {P} --decoder magic -n 1",
+        "unknown decoder 'magic'"),
+    row("generate-sjd-window-too-large", "generate 'a red circle' --model {P} --decoder sjd --sjd-window 100000 -n 1",
+        "sjd_window"),
     row("generate-out-is-file", "generate 'a red circle' --model {P} --out {F} -n 1", "cannot use --out"),
     row("generate-out-under-file", "generate 'a red circle' --model {P} --out {F}/sub -n 1", "cannot use --out"),
     row("generate-out-in-proc", "generate 'a red circle' --model {P} --out /proc/vqgen-nope -n 1", "cannot use --out"),
@@ -257,6 +261,7 @@ ROWS = [
     row("serve-model-missing", "serve --model {W}/nope --port 0", "does not exist"),
     row("serve-pipeline-json-null", "serve --model {P_NULL} --port 0", "got null"),
     row("serve-device-bogus", "serve --model {P} --port 0 --device bogus", "unknown device"),
+    row("serve-decoder-unknown", "serve --model {P} --port 0 --decoder magic", "unknown decoder 'magic'"),
     row("serve-read-timeout-zero", "serve --model {P} --port 0 --read-timeout 0", "must be positive"),
     row("serve-batch-window-negative", "serve --model {P} --port 0 --batch-window-ms -5", "batch_window"),
     row("serve-max-batch-zero", "serve --max-batch 0", "must be positive"),

@@ -55,8 +55,10 @@ def register(sub) -> None:
                    help="with --model: CogView2 cluster sampling, keep the N most likely codebook clusters "
                         "(needs a pipeline with clusters; 0 = off; default: the pipeline's)")
     p.add_argument("--decoder", "--sampler", default=None, metavar="NAME",
-                   help="with --model: the decoder that writes the codes, e.g. autoregressive (default: the "
-                        "pipeline's)")
+                   help="with --model: the decoder that writes the codes: autoregressive, sjd or naive (default: "
+                        "the pipeline's)")
+    p.add_argument("--sjd-window", type=int, default=None, metavar="L",
+                   help="with --model --decoder sjd: codes guessed per forward pass (default: the pipeline's)")
     p.add_argument("--out", metavar="REPORT_DIR", default=None, help="with --model: report folder to write (required)")
     p.add_argument("--data-out", metavar="DIR", default=None,
                    help="with --model: write results.jsonl and images/ here instead of into REPORT_DIR "
@@ -131,7 +133,7 @@ def _shapes_model(args) -> int:
         pipe = pipe.with_components(reranker=load_reranker(args.reranker, device).eval())
     sampling = pipe.check_settings(pipe.sampling.merged(temperature=args.temperature, top_k=args.top_k,
                                                         top_p=args.top_p, cluster=args.cluster,
-                                                        decoder=args.decoder))
+                                                        decoder=args.decoder, sjd_window=args.sjd_window))
     guidance = parse_guidance(args.guidance) if args.guidance else (sampling.guidance_scale,)
     settings = ReportSettings(guidance=guidance, samples=args.samples, rerank=args.rerank, sampling=sampling,
                               seed=args.seed, batch=args.batch, keep_images=not args.no_images)
@@ -152,7 +154,8 @@ def _command(args, guidance: tuple[float, ...]) -> str:
                         ("--rerank", args.rerank or None), ("--reranker", args.reranker),
                         ("--data-out", args.data_out),
                         ("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p),
-                        ("--cluster", args.cluster), ("--decoder", args.decoder)):
+                        ("--cluster", args.cluster), ("--decoder", args.decoder),
+                        ("--sjd-window", args.sjd_window)):
         if value is not None:
             parts.append(f"{flag} {value}")
     if args.no_images:

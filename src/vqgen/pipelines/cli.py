@@ -29,8 +29,11 @@ def register(sub) -> None:
                    help="pipeline directory (pipeline.json + components); default: the bundled model")
     p.add_argument("--out", default="out", metavar="DIR", help="output folder (default ./out)")
     p.add_argument("--decoder", "--sampler", default=None, metavar="NAME",
-                   help="the decoder that writes the codes: autoregressive (KV-cached) or naive (the full-recompute "
-                        "reference); default: the pipeline's")
+                   help="the decoder that writes the codes: autoregressive (KV-cached, one code a step), sjd "
+                        "(speculative Jacobi decoding: a window of codes a step, the same distribution; fastest "
+                        "for a few images a call) or naive (the full-recompute reference); default: the pipeline's")
+    p.add_argument("--sjd-window", type=positive_int, default=None, metavar="L",
+                   help="with --decoder sjd: codes guessed and checked per forward pass (default: the pipeline's, 16)")
     p.add_argument("--guidance", type=float, default=None, metavar="λ",
                    help="classifier-free guidance scale, 0..100 (default: the pipeline's; 1 = off)")
     p.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature (0 = greedy)")
@@ -147,7 +150,7 @@ def _generate(args) -> int:
     text = pipe.validate_prompt(label)
     settings = pipe.check_settings(pipe.sampling.merged(
         guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        cluster=args.cluster, rerank=args.rerank, decoder=args.decoder))
+        cluster=args.cluster, rerank=args.rerank, decoder=args.decoder, sjd_window=args.sjd_window))
     if args.super_resolution and pipe.upsample_scale is None:
         raise VqgenError("--super-resolution needs a pipeline with an upsampler/ component")
     name = slug(text) if text else "image"

@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="DIR", default=None,
                    help="pipeline directory (default: the bundled default model)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1, ...")
+    p.add_argument("--decoder", "--sampler", default=None, metavar="NAME",
+                   help="the decoder requests use unless they name one: autoregressive (best throughput for "
+                        "batched requests), sjd (fewest passes for a single image) or naive (default: the model's)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
@@ -82,6 +85,8 @@ def run_serve(args) -> int:
         from vqgen.pipelines import load_pipeline
 
         pipe = load_pipeline(args.model, device=str(pick_device(args.device)))
+        if args.decoder is not None:
+            pipe = pipe.with_components(sampling=pipe.sampling.merged(decoder=args.decoder))
         app = create_app(pipe, config)
         logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
         host, port = sock.getsockname()[:2]
