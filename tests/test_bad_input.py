@@ -40,7 +40,7 @@ ROWS = [
     row("data-check-empty-folder", "data check {EMPTY}", "holds no metadata.jsonl and no image files"),
     row("data-check-plain-file", "data check {F}", "neither an image folder nor a .tar shard"),
     row("data-check-bad-classes-json", "data check {BADCLASSES}", "classes.json is not valid JSON"),
-    row("data-check-show-negative", "data check {D} --show -1", "argument --show: -1 is negative"),
+    row("data-check-show-negative", "data check {D} --show -1", "argument --show: -1 must be >= 0"),
     row("data-check-max-pixels-zero", "data check {D} --max-pixels 0", "must be positive"),
     row("data-digits-out-is-file", "data digits --out {F} --size 8", "exists and is not a directory"),
     row("data-digits-out-under-file", "data digits --out {F}/sub --size 8", "is a file"),

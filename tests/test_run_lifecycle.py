@@ -16,7 +16,7 @@ from vqgen.data.records import Record
 from vqgen.runtime import RESUME_NAME
 
 from tests.test_tokenizer_train import _blocks
-from tests.test_train import make_codes
+from tests.test_train import crash_after, make_codes
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +44,6 @@ def transformer_cmd(data: Path, run: Path, steps: int = 8, *sets: str) -> list[s
     return args + [a for s in sets for a in ("--set", s)]
 
 
-def killed_after(run: Path, step: int) -> None:
-    """Make RUN look as if the process was killed (-9) after checkpoint ``step`` and some logging."""
-    ckpts = run / "checkpoints"
-    for p in ckpts.glob("step-*"):
-        if int(p.name.split("-")[1]) > step:
-            shutil.rmtree(p)
-    (ckpts / "latest").write_text(f"step-{step:07d}\n")
-    shutil.rmtree(run / "model")
-
-
 def weights(path: Path) -> dict:
     return load_file(str(path / "model.safetensors"))
 
@@ -68,7 +58,7 @@ def test_the_same_tokenizer_command_resumes_bit_identically(images, tmp_path):
     straight, resumed = tmp_path / "a", tmp_path / "b"
     assert main(tokenizer_cmd(images, straight)) == 0
     shutil.copytree(straight, resumed)
-    killed_after(resumed, 4)
+    crash_after(resumed, 4)
     assert main(tokenizer_cmd(images, resumed)) == 0  # today's main: "only --steps ... may change"
     a, b = weights(straight / "model"), weights(resumed / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -79,7 +69,7 @@ def test_the_same_transformer_command_resumes_bit_identically(codes, tmp_path):
     straight, resumed = tmp_path / "a", tmp_path / "b"
     assert main(transformer_cmd(codes, straight)) == 0
     shutil.copytree(straight, resumed)
-    killed_after(resumed, 4)
+    crash_after(resumed, 4)
     assert main(transformer_cmd(codes, resumed)) == 0
     a, b = weights(straight / "model"), weights(resumed / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -125,7 +115,7 @@ def _malicious(path: Path) -> None:
 def test_a_corrupt_newest_tokenizer_checkpoint_falls_back_to_the_one_before(images, tmp_path, capsys, broken):
     run = tmp_path / "r"
     assert main(tokenizer_cmd(images, run, 4)) == 0
-    killed_after(run, 4)
+    crash_after(run, 4)
     _truncate(run / "checkpoints" / "step-0000004" / broken)
     capsys.readouterr()
     assert main(tokenizer_cmd(images, run, 6)) == 0
@@ -137,7 +127,7 @@ def test_a_corrupt_newest_tokenizer_checkpoint_falls_back_to_the_one_before(imag
 def test_a_corrupt_newest_transformer_checkpoint_falls_back(codes, tmp_path, capsys):
     run = tmp_path / "r"
     assert main(transformer_cmd(codes, run, 8)) == 0
-    killed_after(run, 8)
+    crash_after(run, 8)
     _truncate(run / "checkpoints" / "step-0000008" / "model" / "model.safetensors")
     capsys.readouterr()
     assert main(transformer_cmd(codes, run, 8)) == 0

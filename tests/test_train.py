@@ -68,7 +68,7 @@ def test_each_family_learns_below_the_unigram_baseline(codes_dir, tmp_path, pres
     assert list((tmp_path / "run" / "tb").iterdir())
 
 
-def _crash_after(run: Path, step: int) -> None:
+def crash_after(run: Path, step: int) -> None:
     """Make RUN look as if the process died right after writing checkpoint ``step``."""
     ckpts = run / "checkpoints"
     for p in ckpts.glob("step-*"):
@@ -86,7 +86,7 @@ def test_resume_is_bit_identical(codes_dir, tmp_path, preset):
     train(codes_dir, straight, preset=preset, steps=12, overrides=sets, show_progress=False)
     resumed = tmp_path / "b"
     shutil.copytree(straight, resumed)
-    _crash_after(resumed, 8)
+    crash_after(resumed, 8)
     res = train(codes_dir, resumed, steps=12, show_progress=False)  # no preset: continues RUN
     assert res.step == 12
     for sub in ("model", "checkpoints/step-0000012/model"):

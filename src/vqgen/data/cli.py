@@ -5,19 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from vqgen.cli import add_group, positive_int
+from vqgen.cli import add_group, nonnegative_int, positive_int
 from vqgen.errors import VqgenError
-
-
-def _count(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
 
 
 def _colour(text: str) -> tuple[int, int, int]:
@@ -66,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--require-text", action="store_true", help="count records without a caption as skipped")
     p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                    help="skip images with more pixels than N (default 64000000)")
-    p.add_argument("--show", type=_count, default=10, metavar="K", help="print up to K skipped records (default 10)")
+    p.add_argument("--show", type=nonnegative_int, default=10, metavar="K", help="print up to K skipped records (default 10)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when anything was skipped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_check)
