@@ -26,6 +26,9 @@ SPECS = [
     MaskSpec("cross_res", grid=(6, 6), low_grid=(2, 2), window=3, low_window=3, text_len=3),
     MaskSpec("cross_res", grid=(8, 8), low_grid=(4, 4), window=5, low_window=3),
     MaskSpec("cross_res", grid=(7, 5), low_grid=(3, 2), window=(3, 5), low_window=(3, 1), text_len=1),
+    MaskSpec("coglm", grid=(4, 5), text_len=3, region=(((0, 2), (1, 3)), ((1, 4), (3, 5)))),
+    MaskSpec("coglm", grid=(6, 6), text_len=4, region=(((2, 4), (0, 2)), ((3, 5), (1, 3))), predict_text=False),
+    MaskSpec("coglm", grid=(2, 3, 3), text_len=2, region=(((0, 1), (1, 3), (0, 2)),)),
 ]
 IDS = [f"{s.kind}-{'x'.join(map(str, s.grid))}-w{s.window[0]}-t{s.text_len}" for s in SPECS]
 
@@ -105,7 +108,8 @@ def test_cross_resolution_4x4_over_2x2_by_hand():
     assert [min(seen(spec3, (r, 4), low=True)) for r in range(6)] == [(0, 1)] * 3 + [(1, 1)] * 3
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.kind != "coglm"],
+                         ids=[i for s, i in zip(SPECS, IDS) if s.kind != "coglm"])
 def test_text_is_always_visible_to_image_tokens(spec):
     assert spec.dense()[spec.text_len:, : spec.text_len].all()
 
@@ -124,6 +128,39 @@ def test_causal_local_is_local_within_causal(spec):
 def test_a_window_as_large_as_the_grid_is_full_attention_on_the_grid():
     spec = MaskSpec("causal_local", grid=(5, 4), window=(9, 7), text_len=3)
     assert torch.equal(spec.dense(), MaskSpec("causal", grid=(5, 4), text_len=3).dense())
+
+
+def test_coglm_2x2_by_hand():
+    # stream: t0 t1 | c0 c1 / c2 c3; masked: t1 (text) and c1; so t0, t1, c0 (c1's predictor), c1 are AR
+    spec = MaskSpec("coglm", grid=(2, 2), text_len=2, region=(((0, 1), (1, 2)),))
+    want = torch.tensor([
+        [1, 0, 0, 0, 1, 1],  # t0: itself and the context cells c2, c3
+        [1, 1, 0, 0, 1, 1],  # t1
+        [1, 1, 1, 0, 1, 1],  # c0 predicts c1: AR up to itself, not c1
+        [1, 1, 1, 1, 1, 1],  # c1
+        [0, 0, 0, 0, 1, 1],  # c2, c3: context sees context only, bidirectionally
+        [0, 0, 0, 0, 1, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(spec.dense(), want)
+    # the text as context: t1 is not masked, so t0 (predictor of nothing) is context as well
+    ctx = MaskSpec("coglm", grid=(2, 2), text_len=2, region=(((0, 1), (1, 2)),), predict_text=False)
+    assert ctx.dense()[0].tolist() == [True, True, False, False, True, True]  # t0 sees the context
+    assert ctx.dense()[4].tolist() == [True, True, False, False, True, True]  # c2 sees the text
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.kind == "coglm"], ids=lambda s: "x".join(map(str, s.grid)))
+def test_coglm_masked_tokens_are_unseen_by_their_predictors(spec):
+    d, masked = spec.dense(), spec.masked()  # (N, N), (N,)
+    for s in masked.nonzero().flatten().tolist():
+        seers = d[:, s].nonzero().flatten()  # queries that see token s
+        assert (seers >= s).all(), s  # not its predictor s - 1, nor any earlier masked token's
+    ctx = ~(masked | torch.cat([masked[1:], torch.zeros(1, dtype=torch.bool)]))  # (N,)
+    assert d[ctx][:, ctx].all() and not d[ctx][:, ~ctx].any()  # context: bidirectional, closed
+
+
+def test_coglm_with_the_whole_grid_masked_is_causal():
+    spec = MaskSpec("coglm", grid=(3, 4), text_len=3, region=(((0, 3), (0, 4)),))
+    assert torch.equal(spec.dense(), MaskSpec("causal", grid=(3, 4), text_len=3).dense())
 
 
 def attention_tolerance(q, k, v, n_keys: int) -> float:
@@ -196,6 +233,9 @@ def test_compiled_flex_agrees_with_masked_sdpa(kind):
     ({"kind": "cross_res", "grid": (4, 4), "low_grid": (8, 8)}, "low_grid"),
     ({"kind": "local", "grid": (4, 4), "low_grid": (2, 2)}, "low_grid"),
     ({"kind": "local", "grid": (4, 4), "text_len": -1}, "text_len"),
+    ({"kind": "coglm", "grid": (4, 4), "region": (((0, 5), (0, 2)),)}, "region"),
+    ({"kind": "coglm", "grid": (4, 4), "region": (((0, 2),),)}, "region"),
+    ({"kind": "local", "grid": (4, 4), "region": (((0, 2), (0, 2)),)}, "region"),
 ])
 def test_bad_specs_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):

@@ -21,6 +21,21 @@ borders, not wrapped). Kinds:
   of itself (bidirectional). Nothing sees a later grid. CogView2's kernel (``sr_pipeline/
   dsr_model.py``) gives high-resolution queries no text keys; here the text is always visible,
   as issue 13 asks, so a model fine-tuned from a text-conditioned checkpoint keeps its condition.
+* ``coglm`` (CogView2's cross-modal general language model): some stream positions are *masked*,
+  i.e. predicted: the text tokens after the first (``predict_text``) and the grid cells inside
+  the ``region`` boxes. A masked token at ``s`` is predicted from the output at ``s - 1`` (no
+  sentinel tokens), so a position is *autoregressive* (AR) when it or the next one is masked.
+  Context (non-AR) queries see the context keys only, bidirectionally; AR queries see every
+  context key and the AR keys at or before themselves::
+
+      ar(s)        = masked(s) or masked(s + 1)
+      allowed(q,k) = (not ar(q) and not ar(k)) or (ar(q) and (not ar(k) or k <= q))
+
+  A masked token is never seen by a query that predicts it or an earlier masked token; with
+  everything masked (the region = the whole grid) it is exactly ``causal``. The text is then
+  masked too, so the context (unmasked image cells) does not see it: text prediction stays
+  possible in every sample (captioning from the visible image), as in CogView2's released
+  pretraining. :func:`coglm_mask` is the same rule over a batch of per-row masked flags.
 
 Views: ``spec.mask_mod()`` is a ``mask_mod(b, h, q_idx, kv_idx) -> bool`` for
 ``torch.nn.attention.flex_attention.create_block_mask``, written with index arithmetic (div/mod);
@@ -46,7 +61,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from vqgen.config import require
 
-KINDS = ("full", "causal", "local", "causal_local", "cross_res")
+KINDS = ("full", "causal", "local", "causal_local", "cross_res", "coglm")
 BACKENDS = ("flex", "flex_eager", "sdpa")
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -70,6 +85,8 @@ class MaskSpec:
     window: int | tuple[int, ...] = 1  # odd width per axis of the (high-resolution) grid
     low_grid: tuple[int, ...] | None = None  # cross_res only
     low_window: int | tuple[int, ...] = 1  # cross_res only: odd width per axis in the low grid
+    region: tuple = ()  # coglm only: boxes of masked cells, each ((start, stop) per axis)
+    predict_text: bool = True  # coglm only: text tokens 1.. are masked (predicted) too
 
     def __post_init__(self):
         require(self.kind in KINDS, "kind", f"must be one of {KINDS}, got {self.kind!r}")
@@ -89,6 +106,11 @@ class MaskSpec:
             object.__setattr__(self, "low_window", _per_axis(self.low_window, len(low), "low_window"))
         else:
             require(self.low_grid is None, "low_grid", f"only cross_res has a low grid, not {self.kind!r}")
+        region = tuple(tuple((int(a), int(b)) for a, b in box) for box in self.region)
+        require(self.kind == "coglm" or not region, "region", f"only coglm has a masked region, not {self.kind!r}")
+        require(all(len(box) == len(grid) and all(0 <= a < b <= n for (a, b), n in zip(box, grid)) for box in region),
+                "region", f"boxes must be one (start, stop) per grid axis inside {grid}, got {self.region!r}")
+        object.__setattr__(self, "region", region)
 
     @property
     def low_len(self) -> int:
@@ -117,6 +139,22 @@ class MaskSpec:
             return lambda b, h, q, kv: (kv < T) | ((q >= T) & _near(q - S, kv - S, grid, grid, radii))
         if kind == "causal_local":
             return lambda b, h, q, kv: (kv <= q) & ((kv < T) | _near(q - S, kv - S, grid, grid, radii))
+        if kind == "coglm":
+            region, text = self.region, self.predict_text
+
+            def masked(s):
+                hit = (s >= 1) & (s < T) & text
+                for box in region:
+                    inside = s >= S
+                    for c, (a, z) in zip(_coords(s - S, grid), box):
+                        inside = inside & (c >= a) & (c < z)
+                    hit = hit | inside
+                return hit
+
+            def coglm(b, h, q, kv):
+                ar_q, ar_k = masked(q) | masked(q + 1), masked(kv) | masked(kv + 1)
+                return (ar_q & (~ar_k | (kv <= q))) | (~ar_q & ~ar_k)
+            return coglm
         low, low_radii = self.low_grid, tuple(k // 2 for k in self.low_window)
 
         def cross_res(b, h, q, kv):
@@ -136,6 +174,8 @@ class MaskSpec:
         causal = torch.ones(N, N, dtype=torch.bool, device=device).tril()  # (N, N)
         if self.kind == "causal":
             return causal
+        if self.kind == "coglm":
+            return coglm_mask(self.masked(device))
         m = torch.zeros(N, N, dtype=torch.bool, device=device)  # (N, N)
         m[:, :T] = True
         m[S:, S:] = _window_block(self.grid, self.grid, self.window, device)  # (L, L)
@@ -146,9 +186,28 @@ class MaskSpec:
             m[S:, T:S] = _window_block(self.grid, self.low_grid, self.low_window, device)  # (L, L0)
         return m
 
+    def masked(self, device=None) -> torch.Tensor:
+        """coglm: ``(N,)`` bool, True at the masked (predicted) stream positions, from slices of the grid."""
+        cells = torch.zeros(self.grid, dtype=torch.bool, device=device)  # (*grid)
+        for box in self.region:
+            cells[tuple(slice(a, b) for a, b in box)] = True
+        text = torch.full((self.text_len,), self.predict_text, dtype=torch.bool, device=device)  # (T,)
+        text[:1] = False  # the first text token has no position before it
+        return torch.cat([text, cells.flatten()])  # (N,)
+
     def block_mask(self, device: torch.device | str = "cpu", block_size: int = 128) -> BlockMask:
         """The flex_attention block mask of this spec (cached per spec, device and block size)."""
         return _block_mask(self, str(torch.device(device)), block_size)
+
+
+def coglm_mask(masked: torch.Tensor) -> torch.Tensor:
+    """The ``coglm`` rule over masked flags ``(..., N)`` bool (True = predicted from the position
+    before it) → allowed ``(..., N, N)`` bool (True = may attend); see the module doc."""
+    ar = masked | F.pad(masked[..., 1:], (0, 1))  # (..., N): masked, or the predictor of a masked token
+    n = masked.shape[-1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=masked.device).tril()  # (N, N): k <= q
+    q, k = ar[..., :, None], ar[..., None, :]  # (..., N, 1), (..., 1, N)
+    return (q & (~k | earlier)) | (~q & ~k)  # (..., N, N)
 
 
 def _coords(p: torch.Tensor, grid: tuple[int, ...]) -> list[torch.Tensor]:
