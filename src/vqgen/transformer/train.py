@@ -9,6 +9,12 @@ command again on ``RUN`` continues from the latest usable checkpoint (the lifecy
 :mod:`vqgen.runtime`). A step whose loss or gradient is not finite is skipped and counted (never
 checkpointed); ``train.max_bad_steps`` in a row stop the run.
 
+CogLM (unified family): ``--set model.coglm_mix=0.5`` makes each training sample a masked-region
+sample with that probability (the loss is the model's ``compute_loss``; see
+:mod:`vqgen.transformer.unified`). ``val_loss`` stays the plain next-token loss, comparable with
+plain runs; such runs also log ``val_infill_loss``, the loss of the masked cells of seeded random
+regions over the same validation records.
+
     RUN/config.json  RUN/tokenizer.json (text models)  RUN/metrics.jsonl  RUN/tb/  RUN/samples/
     RUN/checkpoints/step-N/{model,ema}/ + resume.pt     RUN/model/  (the final model, EMA if used)
 """
@@ -353,6 +359,29 @@ def evaluate(run: Run, data: TrainData, device) -> float:
     return total / n
 
 
+def evaluate_infill(run: Run, data: TrainData, device) -> dict:
+    """CogLM runs: ``{"val_infill_loss": ...}``, the mean loss (nats/code) of the masked cells of
+    regions drawn with a fixed seed, over the batches :func:`evaluate` reads; else ``{}`` (also
+    under FSDP, where the model is only called through its wrapper)."""
+    model, t = run.model, run.cfg.train
+    if getattr(model.config, "coglm_mix", 0.0) <= 0 or t.fsdp:
+        return {}
+    g = torch.Generator().manual_seed(t.seed + 1)
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad(), autocast(device, t.precision):
+        for i in range(0, min(len(data.val_idx), t.val_batches * t.batch_size), t.batch_size):
+            codes, cond = data.batch(data.val_idx[i:i + t.batch_size], device)  # (B, N), cond
+            region = model.patch_regions(codes.shape[0], generator=g, device=device)  # (B, N)
+            _, metrics = model.coglm_loss(codes, cond, region)
+            cells = int(region.sum())
+            total += float(metrics.get("infill_loss", metrics["image_loss"])) * cells
+            n += cells
+    model.train(was_training)
+    return {"val_infill_loss": total / max(n, 1)}
+
+
 def _full_state(run: Run) -> dict:
     """The full (gathered) model state dict; collective under FSDP."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -425,7 +454,7 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
                 t0, seen = time.perf_counter(), 0
             if t.val_every and run.step % t.val_every == 0 and run.step != t.steps:
                 val = evaluate(run, data, device)
-                logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni})
+                logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni, **evaluate_infill(run, data, device)})
             if grids is not None and t.sample_every and run.step % t.sample_every == 0:
                 grids(run.model, run.step, device)
             if ok and t.ckpt_every and run.step % t.ckpt_every == 0 and run.step != t.steps:
@@ -435,7 +464,7 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
         if last_ckpt != run.step:
             checkpoint(run, run_dir)
         val = evaluate(run, data, device)  # logged after the last checkpoint: a re-run logs it once
-        logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni})
+        logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni, **evaluate_infill(run, data, device)})
         _save_final_model(run, run_dir, text_tok, grids)
         logger.close()
         return TrainResult(run_dir=run_dir, step=run.step, val_loss=val, unigram_val_loss=uni, skipped_steps=run.skipped)
