@@ -208,10 +208,10 @@ def test_suite_files_ship_inside_the_package():
     from importlib.resources import files
 
     import vqgen
-    from vqgen.shapes.suite import PARAPHRASES_PATH, SUITE_PATH
+    from vqgen.shapes.suite import HOLDOUT_PATH, PARAPHRASES_PATH, SUITE_PATH
 
     package = files("vqgen")
-    for path in (SUITE_PATH, PARAPHRASES_PATH):
+    for path in (SUITE_PATH, PARAPHRASES_PATH, HOLDOUT_PATH):
         resource = package.joinpath("prompts", path.name)
         assert resource.is_file(), path.name
         assert Path(str(resource)).resolve() == path

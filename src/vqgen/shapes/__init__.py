@@ -4,8 +4,11 @@ with the same modules.
 
     vocabulary   words, palette, sizes, relations, categories; the scene *spec* and its checks
     captions     spec -> canonical caption, and paraphrases in words training never uses
+    wording      many wordings of a spec (synonyms, digits, orders, templates, typos) in a training
+                 part and a held-out part; a caption parser back to the spec
     scenes       random specs, layout with gaps, anti-aliased rendering
-    suite        the held-out prompt suite (files in ``vqgen/prompts/``, shipped with the package)
+    suite        the held-out prompt suites: suite, paraphrases, wording hold-out (files in
+                 ``vqgen/prompts/``, shipped with the package)
     dataset      ``ShapesDataset`` (records) and ``write_shapes_dataset`` (an image folder)
     evaluator    image + spec -> verdict by classical image analysis (no learned model)
     evaluate     a folder of images scored; a tokenizer's round-trip ceiling
@@ -25,6 +28,8 @@ _EXPORTS = {
     "render_spec": "vqgen.shapes.scenes",
     "build_suite": "vqgen.shapes.suite",
     "load_suite": "vqgen.shapes.suite",
+    "caption_variants": "vqgen.shapes.wording",
+    "parse_caption": "vqgen.shapes.wording",
     "ShapesDataset": "vqgen.shapes.dataset",
     "write_shapes_dataset": "vqgen.shapes.dataset",
     "score": "vqgen.shapes.evaluator",

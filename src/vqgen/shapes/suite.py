@@ -1,7 +1,9 @@
 """The held-out prompt suite of the ``shapes`` domain and the files it ships as.
 
 :func:`build_suite` is deterministic; the files under ``vqgen/prompts/`` (installed with the
-package) are its output (:func:`write_suite`) and its paraphrases (:func:`write_paraphrase_suite`).
+package) are its output (:func:`write_suite`), its paraphrases (:func:`write_paraphrase_suite`) and
+the wording hold-out (:func:`write_holdout_suite`: new scenes said only in the held-out words and
+templates of :mod:`vqgen.shapes.wording`, plus misspelt copies).
 :class:`~vqgen.shapes.dataset.ShapesDataset` never emits one of the suite's prompts as a caption.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from vqgen.errors import VqgenError
 from vqgen.shapes.captions import caption_of, paraphrase_of
 from vqgen.shapes.scenes import sample_spec
 from vqgen.shapes.vocabulary import COLORS, SHAPES, category_of, validate_spec
+from vqgen.shapes.wording import caption_variant, typo
 
 # Prompts per category in the suite besides ``single``, which holds one size variant of every
 # shape/colour pair (18 of the 54 single captions; the other caption spaces are far larger).
@@ -24,6 +27,14 @@ SUITE_SEED = 0
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"  # installed as package data of vqgen
 SUITE_PATH = PROMPTS_DIR / "shapes_suite.jsonl"
 PARAPHRASES_PATH = PROMPTS_DIR / "shapes_paraphrases.jsonl"
+HOLDOUT_PATH = PROMPTS_DIR / "shapes_holdout.jsonl"
+# `load_suite("holdout")` etc.: the shipped suites by name.
+SUITE_NAMES = {"suite": SUITE_PATH, "paraphrases": PARAPHRASES_PATH, "holdout": HOLDOUT_PATH}
+# The wording hold-out: prompts per category, every TYPO_EVERY-th one also misspelt (a copy), at HOLDOUT_TYPO_RATE.
+HOLDOUT_SIZES = {"single": 40, "count": 40, "relation": 60, "binding": 50, "multi": 60}
+HOLDOUT_SEED = 1
+TYPO_EVERY = 5
+HOLDOUT_TYPO_RATE = 0.3
 
 
 def build_suite(seed: int = SUITE_SEED) -> list[dict]:
@@ -72,14 +83,51 @@ def write_paraphrase_suite(path: str | Path, seed: int = SUITE_SEED) -> int:
     return len(items)
 
 
+def build_holdout_suite(seed: int = HOLDOUT_SEED) -> list[dict]:
+    """The wording hold-out: ``HOLDOUT_SIZES[category]`` distinct prompts per category in held-out
+    words and templates only, then every ``TYPO_EVERY``-th of them again, misspelt (deterministic)."""
+    rng = np.random.default_rng(seed)
+    items: list[dict] = []
+    for category, num in HOLDOUT_SIZES.items():
+        seen: set[str] = set()
+        plain: list[dict] = []
+        while len(plain) < num:
+            spec = validate_spec(sample_spec(rng, category))
+            prompt = caption_variant(spec, rng, "held_out")
+            if category_of(spec) == category and prompt not in seen:
+                seen.add(prompt)
+                plain.append({"prompt": prompt, "category": category, "spec": spec})
+        for item in plain[::TYPO_EVERY]:
+            misspelt = item["prompt"]
+            while misspelt == item["prompt"] or misspelt in seen:
+                misspelt = typo(item["prompt"], rng, HOLDOUT_TYPO_RATE)
+            seen.add(misspelt)
+            plain.append({**item, "prompt": misspelt})
+        items += plain
+    return items
+
+
+def write_holdout_suite(path: str | Path = HOLDOUT_PATH, seed: int = HOLDOUT_SEED) -> int:
+    """Write :func:`build_holdout_suite` as JSON lines; returns the number of prompts."""
+    from vqgen.io import atomic_write_text
+
+    items = build_holdout_suite(seed)
+    atomic_write_text(Path(path), "".join(json.dumps(item) + "\n" for item in items))
+    return len(items)
+
+
 def load_suite(path: str | Path | None = None) -> list[dict]:
     """Read a prompt suite file (default: :data:`SUITE_PATH`, ``vqgen/prompts/shapes_suite.jsonl``).
 
+    ``path`` may also name a shipped suite: ``suite``, ``paraphrases`` or ``holdout``
+    (:data:`SUITE_NAMES`); a file of that name in the working directory wins.
     Without ``path``, an installation that lacks the file gets :func:`build_suite` (same content).
     Every spec is validated; a bad line is an error naming the line.
     """
     if path is None and not SUITE_PATH.is_file():
         return build_suite()
+    if isinstance(path, str) and path in SUITE_NAMES and not Path(path).exists():
+        path = SUITE_NAMES[path]
     path = Path(path or SUITE_PATH)
     if not path.is_file():
         raise VqgenError(f"prompt suite {path} does not exist")
@@ -103,4 +151,10 @@ def load_suite(path: str | Path | None = None) -> list[dict]:
 def held_out_prompts(seed: int = SUITE_SEED) -> frozenset[str]:
     """The suite's prompts: captions the training data never uses."""
     return frozenset(item["prompt"] for item in build_suite(seed))
+
+
+@lru_cache(maxsize=1)
+def held_out_wordings() -> frozenset[str]:
+    """The suite's prompts and their paraphrases: no training wording (``captions > 1``) equals one."""
+    return held_out_prompts() | {paraphrase_of(item["spec"]) for item in build_suite()}
 

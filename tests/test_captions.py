@@ -1,0 +1,141 @@
+"""Caption diversity of the shapes data and the wording hold-out suite."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from vqgen.errors import VqgenError
+from vqgen.shapes.captions import caption_of, paraphrase_of
+from vqgen.shapes.dataset import ShapesDataset, write_shapes_dataset
+from vqgen.shapes.scenes import sample_spec
+from vqgen.shapes.suite import (HOLDOUT_PATH, HOLDOUT_SIZES, build_holdout_suite, held_out_wordings, load_suite)
+from vqgen.shapes.vocabulary import CATEGORIES, category_of, validate_spec
+from vqgen.shapes.wording import (HELD_OUT, TRAIN, caption_variant, caption_variants, held_out_phrases,
+                                  parse_caption, same_scene, typo)
+
+
+def words(text: str) -> str:
+    """Lower-case words separated by single spaces, padded, for whole-phrase search."""
+    return " " + " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()) + " "
+
+
+@pytest.fixture(scope="module")
+def training_texts() -> list[str]:
+    """Every caption of 600 scenes with 6 captions each, over three seeds (no typos: they could
+    coincide with a held-out word by chance)."""
+    return [t for seed in (0, 1, 2) for i in range(200)
+            for t in ShapesDataset(200, 32, seed=seed, captions=6).scene(i).texts]
+
+
+def test_held_out_words_and_templates_never_appear_in_training_captions(training_texts):
+    joined = "|".join(words(t) for t in training_texts)
+    for phrase in held_out_phrases():
+        assert words(phrase) not in joined, phrase
+    train_words = {w for t in training_texts for w in words(t).split()}
+    for kind in ("color", "shape", "size", "relation"):  # the training part is really used
+        for forms in TRAIN[kind].values():
+            for f in forms:
+                assert set((f[0] if kind == "shape" else f).split()) <= train_words, f
+
+
+def test_word_lists_of_the_two_parts_do_not_overlap():
+    for kind in TRAIN:
+        for value in TRAIN[kind]:
+            train, held = TRAIN[kind][value], HELD_OUT[kind][value]
+            if kind == "shape":
+                train, held = [f for pair in train for f in pair], [f for pair in held for f in pair]
+            assert not set(train) & set(held), (kind, value)
+
+
+def test_every_caption_parses_back_to_its_spec():
+    rng = np.random.default_rng(5)
+    for category in CATEGORIES:
+        for _ in range(150):
+            spec = sample_spec(rng, category)
+            texts = [caption_of(spec), paraphrase_of(spec), caption_variant(spec, rng, "held_out")]
+            texts += caption_variants(spec, 5, rng)
+            for text in texts:
+                assert same_scene(parse_caption(text), spec), (text, spec)
+
+
+def test_same_scene_sees_order_and_direction_but_not_attributes():
+    a = {"objects": [{"shape": "circle", "color": "red", "count": 1, "size": None},
+                     {"shape": "square", "color": "blue", "count": 1, "size": "small"}],
+         "relations": [{"a": 0, "relation": "above", "b": 1}]}
+    b = {"objects": a["objects"][::-1], "relations": [{"a": 0, "relation": "below", "b": 1}]}
+    assert same_scene(a, b)
+    assert not same_scene(a, {**b, "relations": [{"a": 0, "relation": "above", "b": 1}]})
+    assert not same_scene(a, {**a, "objects": [a["objects"][0], {**a["objects"][1], "size": "large"}]})
+    with pytest.raises(VqgenError, match="names no shape"):
+        parse_caption("a crimson blob")
+
+
+def test_captions_are_deterministic_and_leave_scenes_unchanged():
+    one, many = ShapesDataset(30, 32, seed=4), ShapesDataset(30, 32, seed=4, captions=4, typo_rate=0.1)
+    again = ShapesDataset(30, 32, seed=4, captions=4, typo_rate=0.1)
+    for i in range(30):
+        s, m = one.scene(i), many.scene(i)
+        assert (m.caption, m.spec, m.objects) == (s.caption, s.spec, s.objects)
+        assert m.texts == again.scene(i).texts and len(m.texts) == 4 and m.texts[0] == s.caption
+        assert s.texts == (s.caption,)
+    assert "texts" not in one[0].meta and many[0].meta["texts"] == list(many.scene(0).texts)
+    assert many[0].text == one[0].text
+    assert np.array_equal(np.asarray(many[0].image), np.asarray(one[0].image))
+
+
+def test_training_wordings_never_equal_a_suite_prompt_or_paraphrase(training_texts):
+    assert not set(training_texts) & held_out_wordings()
+
+
+def test_typos_are_seeded_and_spare_short_words():
+    text = "a small crimson circle to the left of three blue squares"
+    assert typo(text, np.random.default_rng(0), 0.5) == typo(text, np.random.default_rng(0), 0.5)
+    noisy = typo(text, np.random.default_rng(0), 0.99)
+    assert noisy != text and len(noisy.split()) == len(text.split())
+    for w, n in zip(text.split(), noisy.split()):
+        assert n == w if len(w) < 4 else abs(len(n) - len(w)) <= 1
+
+
+def test_write_shapes_dataset_stores_texts(tmp_path):
+    stats = write_shapes_dataset(tmp_path / "d", num=6, size=32, seed=2, progress=False, captions=3)
+    rows = [json.loads(line) for line in (tmp_path / "d" / "metadata.jsonl").read_text().splitlines()]
+    assert stats["captions"] == 3 and stats["distinct_texts"] >= 12
+    for row in rows:
+        assert row["texts"][0] == row["text"] and len(row["texts"]) == 3
+        assert all(same_scene(parse_caption(t), row["spec"]) for t in row["texts"])
+    with pytest.raises(VqgenError, match="captions"):
+        ShapesDataset(3, captions=0)
+    with pytest.raises(VqgenError, match="typo rate"):
+        ShapesDataset(3, captions=2, typo_rate=1.0)
+
+
+def test_holdout_file_is_the_built_suite_and_uses_held_out_wording_only():
+    assert HOLDOUT_PATH.is_file(), "run vqgen.shapes.suite.write_holdout_suite()"
+    suite = load_suite("holdout")
+    assert suite == load_suite(HOLDOUT_PATH) == build_holdout_suite()
+    assert len(suite) >= 250 and {item["category"] for item in suite} == set(CATEGORIES)
+    assert len({item["prompt"] for item in suite}) == len(suite)
+    train_words = {w for kind in ("color", "size") for forms in TRAIN[kind].values() for f in forms
+                   for w in f.split()} | {f[0] for forms in TRAIN["shape"].values() for f in forms}
+    for category, num in HOLDOUT_SIZES.items():
+        items = [item for item in suite if item["category"] == category]
+        plain, misspelt = items[:num], items[num:]
+        assert len(misspelt) == len(plain[::5])
+        for item, copy in zip(plain[::5], misspelt):
+            assert copy["spec"] == item["spec"] and copy["prompt"] != item["prompt"]
+        for item in plain:
+            assert validate_spec(item["spec"]) == item["spec"] and category_of(item["spec"]) == category
+            assert same_scene(parse_caption(item["prompt"]), item["spec"]), item["prompt"]
+            rest = words(item["prompt"])
+            for phrase in sorted(held_out_phrases(), key=len, reverse=True):
+                rest = rest.replace(words(phrase), " ")
+            assert not set(rest.split()) & train_words, item["prompt"]  # e.g. "square" only in "square shape"
+
+
+def test_holdout_file_ships_inside_the_package():
+    from importlib.resources import files
+    from pathlib import Path
+
+    resource = files("vqgen").joinpath("prompts", HOLDOUT_PATH.name)
+    assert resource.is_file() and Path(str(resource)).resolve() == HOLDOUT_PATH
