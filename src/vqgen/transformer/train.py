@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vqgen.data.captions import CaptionBank, caption_lists
 from vqgen.data.image import image_grid
 from vqgen.errors import ConfigError, VqgenError
 from vqgen.runtime import (DistInfo, EpochBatches, RunLogger, autocast, cleanup_distributed, freeze,
@@ -55,7 +56,8 @@ class TrainResult:
 @dataclass
 class TrainData:
     """All records as tensors on CPU: ``codes`` (N, h*w); per-record ``labels`` (N,) or text
-    ``text_ids``/``text_mask`` (N, L); the seeded train/validation split."""
+    ``text_ids``/``text_mask`` (N, L) (each record's ``text``); the seeded train/validation split;
+    ``captions`` when records hold several (``meta["texts"]``): a training step reads one of them each."""
 
     codes: torch.Tensor
     labels: torch.Tensor | None
@@ -63,12 +65,21 @@ class TrainData:
     text_mask: torch.Tensor | None
     train_idx: torch.Tensor
     val_idx: torch.Tensor
+    captions: CaptionBank | None = None
+    seed: int = 0
 
-    def batch(self, idx: torch.Tensor, device) -> tuple[torch.Tensor, Condition]:
+    def batch(self, idx: torch.Tensor, device, draw: tuple[int, int] | None = None) -> tuple[torch.Tensor, Condition]:
+        """Codes and condition of records ``idx``; with ``draw`` = (step, micro-batch) and several
+        captions per record, a seeded pick of one caption each (else ``text``)."""
+        text_ids = text_mask = None
+        if draw is not None and self.captions is not None:
+            text_ids, text_mask = self.captions.pick(idx, self.seed, *draw)  # (B, L) x2
+        elif self.text_ids is not None:
+            text_ids, text_mask = self.text_ids[idx], self.text_mask[idx]  # (B, L) x2
         cond = Condition(
             class_ids=None if self.labels is None else self.labels[idx].to(device),
-            text_ids=None if self.text_ids is None else self.text_ids[idx].to(device),
-            text_mask=None if self.text_mask is None else self.text_mask[idx].to(device),
+            text_ids=None if text_ids is None else text_ids.to(device),
+            text_mask=None if text_mask is None else text_mask.to(device),
         )
         return self.codes[idx].to(device), cond  # (B, N), cond
 
@@ -119,7 +130,7 @@ def prepare(cfg: RunConfig, codes_dir: str | Path, run_dir: Path, resuming: bool
         want = "text" if m.family != "vim" else ("class" if all(lb is not None for lb in ds.labels) else "none")
     if (m.family == "vim") == (want == "text"):
         raise ConfigError(f"train.condition={want!r} does not suit family {m.family!r} (vim: none/class; parti, unified: text)")
-    labels = text_ids = text_mask = tok = None
+    labels = text_ids = text_mask = tok = captions = None
     if want == "class":
         if any(lb is None for lb in ds.labels):
             raise VqgenError(f"{codes_dir}: class conditioning needs a label on every record")
@@ -129,13 +140,14 @@ def prepare(cfg: RunConfig, codes_dir: str | Path, run_dir: Path, resuming: bool
     elif want == "none":
         changes["num_classes"] = 0
     else:
-        texts = ds.texts
+        texts, alts = ds.texts, caption_lists(ds.texts, ds.metas)
         if all(not x for x in texts):
             raise VqgenError(f"{codes_dir}: text conditioning needs captions, and no record has one")
         if m.text.encoder == "pretrained":
             from vqgen.text.encoder import FrozenTextEncoder
 
-            text_ids, text_mask = FrozenTextEncoder(m.text.pretrained_dir).encode(texts, m.text.max_len)
+            encode = FrozenTextEncoder(m.text.pretrained_dir).encode
+            text_ids, text_mask = encode(texts, m.text.max_len)
         else:
             from vqgen.text.bpe import TOKENIZER_NAME, TextTokenizer
 
@@ -146,16 +158,18 @@ def prepare(cfg: RunConfig, codes_dir: str | Path, run_dir: Path, resuming: bool
             else:  # BPE training is not deterministic across processes: rank 0 trains, the others receive it
                 tok = None
                 if not dist.is_initialized() or dist.get_rank() == 0:
-                    tok = TextTokenizer.train([texts[i] for i in train_idx.tolist()], vocab_size=m.text.vocab_size)
+                    tok = TextTokenizer.train([x for i in train_idx.tolist() for x in alts[i]], vocab_size=m.text.vocab_size)
                 if dist.is_initialized():
                     box = [tok.tok.to_str() if tok is not None else None]
                     dist.broadcast_object_list(box, src=0)
                     tok = TextTokenizer.from_str(box[0])
+            encode = tok.encode
             text_ids, text_mask = tok.encode(texts, m.text.max_len)
             changes["text"] = dataclasses.replace(m.text, vocab_size=tok.vocab_size)
+        captions = CaptionBank.build(alts, encode, m.text.max_len) if any(len(a) > 1 for a in alts) else None
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, **changes))
     data = TrainData(codes=ds.codes.flatten(1), labels=labels, text_ids=text_ids, text_mask=text_mask,
-                     train_idx=train_idx, val_idx=val_idx)
+                     train_idx=train_idx, val_idx=val_idx, captions=captions, seed=t.seed)
     return cfg, data, ds.info, tok
 
 
@@ -308,7 +322,7 @@ def train_step(run: Run, data: TrainData, batches, device) -> tuple[dict, bool, 
     run.opt.zero_grad(set_to_none=True)
     loss_sum, local_bad, sums, rows = 0.0, 0.0, {}, 0
     for micro in range(t.grad_accum):
-        codes, cond = data.batch(data.train_idx[next(batches)], device)  # (B, N), cond
+        codes, cond = data.batch(data.train_idx[next(batches)], device, draw=(run.step, micro))  # (B, N), cond
         cond = cond.drop(t.cond_dropout)
         sync_off = isinstance(run.loss_mod, nn.parallel.DistributedDataParallel) and micro < t.grad_accum - 1
         with (run.loss_mod.no_sync() if sync_off else contextlib.nullcontext()), autocast(device, t.precision):

@@ -1,0 +1,54 @@
+"""Several captions per record: which one a training step reads.
+
+A record's captions are ``meta["texts"]`` when it holds a non-empty list of strings (``vqgen data
+shapes --captions K`` writes one; ``vqgen tokenizer encode`` carries ``meta`` into code shards),
+else its one ``text``. The pick of a record at a step is a function of (seed, step, stream, row)
+alone, so a resumed run reads the captions an uninterrupted one would, with no state to save.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+def caption_lists(texts: list[str | None], metas: list[dict]) -> list[list[str | None]]:
+    """Per record, its captions: ``meta["texts"]`` if that is a non-empty list of strings, else ``[text]``."""
+    out = []
+    for text, meta in zip(texts, metas):
+        alts = (meta or {}).get("texts")
+        ok = isinstance(alts, list) and alts and all(isinstance(a, str) and a for a in alts)
+        out.append(list(alts) if ok else [text])
+    return out
+
+
+def pick_captions(counts: torch.Tensor, seed: int, step: int, stream: int = 0) -> torch.Tensor:
+    """One index in ``[0, counts[i])`` per row (B,), uniform, fixed by (seed, step, stream)."""
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + stream) % (2 ** 63))
+    u = torch.rand(counts.shape[0], generator=g, dtype=torch.float64)  # (B,)
+    return torch.minimum((u * counts).long(), counts - 1)
+
+
+@dataclass
+class CaptionBank:
+    """All captions of all records encoded once: ``ids``/``mask`` (M, L), record ``i``'s captions at
+    rows ``start[i] .. start[i] + count[i]``."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    start: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def build(cls, lists: list[list[str]], encode: Callable, max_len: int) -> "CaptionBank":
+        """``encode(texts, max_len) -> (ids, mask)`` over every caption of every record."""
+        count = torch.tensor([len(c) for c in lists], dtype=torch.long)  # (N,)
+        ids, mask = encode([t for c in lists for t in c], max_len)  # (M, L) x2
+        return cls(ids=ids, mask=mask, start=torch.cumsum(count, 0) - count, count=count)
+
+    def pick(self, idx: torch.Tensor, seed: int, step: int, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One caption of each record ``idx`` (B,) for this step: (ids, mask) (B, L)."""
+        idx = idx.cpu()
+        rows = self.start[idx] + pick_captions(self.count[idx], seed, step, stream)  # (B,)
+        return self.ids[rows], self.mask[rows]
