@@ -116,6 +116,7 @@ def test_holdout_file_is_the_built_suite_and_uses_held_out_wording_only():
     assert suite == load_suite(HOLDOUT_PATH) == build_holdout_suite()
     assert len(suite) >= 250 and {item["category"] for item in suite} == set(CATEGORIES)
     assert len({item["prompt"] for item in suite}) == len(suite)
+    assert max(len(item["prompt"]) for item in suite) <= 200  # the default pipeline's max_prompt_length
     train_words = {w for kind in ("color", "size") for forms in TRAIN[kind].values() for f in forms
                    for w in f.split()} | {f[0] for forms in TRAIN["shape"].values() for f in forms}
     for category, num in HOLDOUT_SIZES.items():

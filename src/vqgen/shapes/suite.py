@@ -35,6 +35,7 @@ HOLDOUT_SIZES = {"single": 40, "count": 40, "relation": 60, "binding": 50, "mult
 HOLDOUT_SEED = 1
 TYPO_EVERY = 5
 HOLDOUT_TYPO_RATE = 0.3
+HOLDOUT_MAX_CHARS = 200  # a pipeline's default max_prompt_length: longer prompts are redrawn
 
 
 def build_suite(seed: int = SUITE_SEED) -> list[dict]:
@@ -85,7 +86,8 @@ def write_paraphrase_suite(path: str | Path, seed: int = SUITE_SEED) -> int:
 
 def build_holdout_suite(seed: int = HOLDOUT_SEED) -> list[dict]:
     """The wording hold-out: ``HOLDOUT_SIZES[category]`` distinct prompts per category in held-out
-    words and templates only, then every ``TYPO_EVERY``-th of them again, misspelt (deterministic)."""
+    words and templates only, then every ``TYPO_EVERY``-th of them again, misspelt (deterministic;
+    no prompt over ``HOLDOUT_MAX_CHARS`` characters)."""
     rng = np.random.default_rng(seed)
     items: list[dict] = []
     for category, num in HOLDOUT_SIZES.items():
@@ -94,12 +96,12 @@ def build_holdout_suite(seed: int = HOLDOUT_SEED) -> list[dict]:
         while len(plain) < num:
             spec = validate_spec(sample_spec(rng, category))
             prompt = caption_variant(spec, rng, "held_out")
-            if category_of(spec) == category and prompt not in seen:
+            if category_of(spec) == category and prompt not in seen and len(prompt) < HOLDOUT_MAX_CHARS:
                 seen.add(prompt)
                 plain.append({"prompt": prompt, "category": category, "spec": spec})
         for item in plain[::TYPO_EVERY]:
             misspelt = item["prompt"]
-            while misspelt == item["prompt"] or misspelt in seen:
+            while misspelt == item["prompt"] or misspelt in seen or len(misspelt) > HOLDOUT_MAX_CHARS:
                 misspelt = typo(item["prompt"], rng, HOLDOUT_TYPO_RATE)
             seen.add(misspelt)
             plain.append({**item, "prompt": misspelt})
