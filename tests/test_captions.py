@@ -200,3 +200,35 @@ def test_training_on_several_captions_resumes_bit_identically(tmp_path):
     train(codes, resumed, steps=6, show_progress=False)
     a, b = (load_file(str(r / "model" / "model.safetensors")) for r in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reranker_training_reads_one_caption_per_pair_and_step_and_resumes_identically(tmp_path, monkeypatch):
+    import shutil
+    from dataclasses import replace
+
+    import torch
+    from safetensors.torch import load_file
+
+    import vqgen.rerank.train as rtrain
+    from vqgen.config import get_preset
+    from tests.test_train import crash_after
+
+    data = tmp_path / "data"
+    write_shapes_dataset(data, 40, 32, seed=0, progress=False, captions=3)
+    pairs = rtrain.load_pairs(data, 32, 10, show_progress=False)
+    assert pairs.captions is not None and all(len(c) == 3 for c in pairs.captions)
+    read: list[list[str]] = []
+    real = rtrain.contrastive_loss
+    monkeypatch.setattr(rtrain, "contrastive_loss", lambda img, txt, scale, texts, neg: (read.append(texts),
+                                                                                       real(img, txt, scale, texts, neg))[1])
+    cfg = replace(get_preset(rtrain.FAMILY, "tiny"), steps=6, ckpt_every=3, eval_every=100)
+    rtrain.train_reranker(cfg, data, tmp_path / "a", show_progress=False)
+    assert {t for texts in read for t in texts} - set(pairs.texts)  # not only the canonical captions
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    crash_after(tmp_path / "b", 3)
+    straight = read[3:]
+    read.clear()
+    rtrain.train_reranker(cfg, data, tmp_path / "b", show_progress=False)
+    assert read == straight  # the resumed run reads the same captions
+    a, b = (load_file(str(r / "model" / "model.safetensors")) for r in (tmp_path / "a", tmp_path / "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -47,8 +47,11 @@ class CaptionBank:
         ids, mask = encode([t for c in lists for t in c], max_len)  # (M, L) x2
         return cls(ids=ids, mask=mask, start=torch.cumsum(count, 0) - count, count=count)
 
+    def choose(self, idx: torch.Tensor, seed: int, step: int, stream: int = 0) -> torch.Tensor:
+        """Which caption of each record ``idx`` (B,) this step reads: indices into its list (B,)."""
+        return pick_captions(self.count[idx.cpu()], seed, step, stream)
+
     def pick(self, idx: torch.Tensor, seed: int, step: int, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """One caption of each record ``idx`` (B,) for this step: (ids, mask) (B, L)."""
-        idx = idx.cpu()
-        rows = self.start[idx] + pick_captions(self.count[idx], seed, step, stream)  # (B,)
+        rows = self.start[idx.cpu()] + self.choose(idx, seed, step, stream)  # (B,)
         return self.ids[rows], self.mask[rows]

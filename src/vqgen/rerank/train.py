@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vqgen.config import get_preset, register_preset, require
+from vqgen.data.captions import CaptionBank, caption_lists
 from vqgen.errors import VqgenError
 from vqgen.io import load_pretrained, make_dir
 from vqgen.rerank.clip import FAMILY as MODEL_FAMILY
@@ -89,13 +90,15 @@ def _train_small() -> RerankTrainConfig:
 # ----------------------------------------------------------------------------- data
 @dataclass
 class PairSet:
-    """Images (N, 3, S, S) uint8 and their captions, split into training and held-out indices."""
+    """Images (N, 3, S, S) uint8 and their captions, split into training and held-out indices;
+    ``captions``: every record's caption list when some hold several (``meta["texts"]``)."""
 
     images: torch.Tensor
     texts: list[str]
     train_idx: torch.Tensor
     heldout_idx: torch.Tensor
     skipped: Counter = field(default_factory=Counter)
+    captions: list[list[str]] | None = None
 
 
 def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progress: bool = True) -> PairSet:
@@ -109,7 +112,9 @@ def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progres
         raise VqgenError(f"{data_dir} holds no image with a caption ({e})") from None
     idx = torch.arange(len(data))
     held = idx % holdout_every == holdout_every - 1
-    return PairSet(data.images, list(data.texts), idx[~held], idx[held], data.skipped)
+    alts = caption_lists(list(data.texts), list(data.metas))
+    return PairSet(data.images, list(data.texts), idx[~held], idx[held], data.skipped,
+                   alts if any(len(a) > 1 for a in alts) else None)
 
 
 def degrade_batch(images: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -197,7 +202,8 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     if tok_path.is_file():
         tokenizer = TextTokenizer.load(tok_path)
     else:
-        tokenizer = TextTokenizer.train([data.texts[i] for i in data.train_idx.tolist()],
+        lists = data.captions or [[x] for x in data.texts]
+        tokenizer = TextTokenizer.train([t for i in data.train_idx.tolist() for t in lists[i]],
                                         vocab_size=cfg.bpe_vocab_size)
         make_dir(run_dir)
         tokenizer.save(tok_path)
@@ -231,6 +237,7 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
                 **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)}
 
     all_ids, all_mask = tokenizer.encode(data.texts, cfg.model.max_len)  # (N, L) x2
+    bank = CaptionBank.build(data.captions, tokenizer.encode, cfg.model.max_len) if data.captions else None
     logger = RunLogger(run_dir)
     bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress)
     model.train()
@@ -239,11 +246,15 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
         while step < cfg.steps:
             idx = data.train_idx[next(it)]  # (B,)
             texts = [data.texts[i] for i in idx.tolist()]
+            ids, mask = all_ids[idx], all_mask[idx]  # (B, L) x2
+            if bank is not None:  # one of each pair's captions, fixed by (seed, step)
+                texts = [data.captions[i][k] for i, k in zip(idx.tolist(), bank.choose(idx, cfg.seed, step).tolist())]
+                ids, mask = bank.pick(idx, cfg.seed, step)  # (B, L) x2
             images = data.images[idx].to(device).float() / 255.0  # (B, 3, S, S)
             if cfg.augment > 0:
                 images = degrade_batch(images, cfg.augment, aug_gen)
             img = model.encode_images(images)  # (B, E)
-            txt = model.encode_ids(all_ids[idx].to(device), all_mask[idx].to(device))  # (B, E)
+            txt = model.encode_ids(ids.to(device), mask.to(device))  # (B, E)
             neg = None
             if cfg.hard_negatives > 0:
                 orig = [t for t in texts for _ in range(cfg.hard_negatives)]
