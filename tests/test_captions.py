@@ -232,3 +232,17 @@ def test_reranker_training_reads_one_caption_per_pair_and_step_and_resumes_ident
     assert read == straight  # the resumed run reads the same captions
     a, b = (load_file(str(r / "model" / "model.safetensors")) for r in (tmp_path / "a", tmp_path / "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_data_shapes_captions(tmp_path, capsys):
+    from vqgen.cli import main
+
+    out = tmp_path / "d"
+    assert main(["data", "shapes", "--out", str(out), "--num", "4", "--size", "32", "--captions", "3",
+                 "--typo-rate", "0.1", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["captions"] == 3 and summary["typo_rate"] == 0.1
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["texts"] for r in rows] == [list(ShapesDataset(4, 32, 0, 3, 0.1).scene(i).texts) for i in range(4)]
+    with pytest.raises(SystemExit):
+        main(["data", "shapes", "--out", str(tmp_path / "e"), "--typo-rate", "1.5"])
