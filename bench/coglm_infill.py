@@ -12,7 +12,8 @@ On the held-out records (the trainer's seeded split), with the same seeded rando
   ``*_fg``: the same over the region cells whose code is not their image's most frequent one
   (on ``shapes``, the cells of the objects rather than the background);
 * ``tf_acc_*`` / ``tf_nll_*``: top-1 accuracy and loss per region cell with the true codes as
-  input (teacher forcing): RUN_A under the CogLM mask, RUN_B left-to-right;
+  input (teacher forcing): RUN_A under the CogLM mask, RUN_B left-to-right, and RUN_A
+  left-to-right (``*_coglm_ar``: the same weights without the context after each cell);
 * ``caption_top1``: the share of images whose own caption has a lower caption NLL (RUN_A's text
   head, the whole image visible) than another record's different caption;
 * ``val_loss_*``: each run's last plain next-token ``val_loss`` (what mixing costs sampling).
@@ -74,6 +75,7 @@ def main() -> None:
     ar = ar_fill(plain, codes, region, cond_p)  # (B, N)
     logits_c = cog.coglm_logits(codes, cond_c, region)[0]  # (B, N, V)
     logits_p = plain(codes, cond_p).logits  # (B, N, V)
+    logits_ca = cog(codes, cond_c).logits  # (B, N, V): RUN_A's causal path
 
     fg = region & (codes != codes.mode(1).values[:, None])  # (B, N): region cells off the background
 
@@ -84,7 +86,7 @@ def main() -> None:
         nll = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")  # (B, N)
         return (logits.argmax(-1)[region] == codes[region]).float().mean().item(), nll[region].mean().item()
 
-    (tf_acc_c, tf_nll_c), (tf_acc_p, tf_nll_p) = tf(logits_c), tf(logits_p)
+    (tf_acc_c, tf_nll_c), (tf_acc_p, tf_nll_p), (tf_acc_ca, tf_nll_ca) = tf(logits_c), tf(logits_p), tf(logits_ca)
     others = [next(texts[(i + k) % len(texts)] for k in range(1, len(texts)) if texts[(i + k) % len(texts)] != t)
               for i, t in enumerate(texts)]
     own = cog.caption_nll(codes, cond_c)  # (B,)
@@ -93,6 +95,7 @@ def main() -> None:
         "infill_acc": acc(filled), "ar_fill_acc": acc(ar),
         "infill_acc_fg": acc(filled, fg), "ar_fill_acc_fg": acc(ar, fg),
         "tf_acc_coglm": tf_acc_c, "tf_acc_plain": tf_acc_p, "tf_nll_coglm": tf_nll_c, "tf_nll_plain": tf_nll_p,
+        "tf_acc_coglm_ar": tf_acc_ca, "tf_nll_coglm_ar": tf_nll_ca,
         "caption_top1": (own < wrong).float().mean().item(),
         "val_loss_coglm": last_val_loss(a.coglm), "val_loss_plain": last_val_loss(a.plain),
         "region_cells": region.sum(1).float().mean().item(), "images": len(idx),
