@@ -30,9 +30,10 @@ def register(sub) -> None:
     p.add_argument("--details", metavar="FILE",
                    help="with --images: also write one JSON line per image here (file_name, text, category, passed, "
                         "criteria, per-object and per-relation results, detections)")
-    p.add_argument("--prompts", metavar="FILE", default=None,
-                   help="with --model: prompt suite, JSON lines {prompt, spec[, category]} "
-                        "(default: the suite shipped in the package, vqgen/prompts/shapes_suite.jsonl)")
+    p.add_argument("--prompts", metavar="FILE|NAME", default=None,
+                   help="with --model: prompt suite, JSON lines {prompt, spec[, category]}, or a shipped suite by "
+                        "name: suite (default), paraphrases (words the captions never use) or holdout (the "
+                        "held-out wordings of docs/captions.md)")
     p.add_argument("--per-category", type=int, default=None, metavar="N",
                    help="with --model: only the first N prompts of each category (a quicker, balanced subset)")
     p.add_argument("--samples", type=int, default=4, metavar="K",

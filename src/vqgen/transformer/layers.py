@@ -136,7 +136,8 @@ class PosEmbed(nn.Module):
         out, rest = None, idx
         for name, n in zip(reversed(self.axes), reversed(self.grid)):
             table = getattr(self, name)  # (n, D)
-            term = table[rest % n] if name != self.axes[0] else table[rest]  # (..., D); the slowest axis unwrapped
+            i = rest % n if name != self.axes[0] else rest  # (...,); the slowest axis unwrapped
+            term = table.index_select(0, i.reshape(-1)).view(*i.shape, table.shape[1])  # (..., D): no host read
             out = term if out is None else term + out
             rest = rest // n
         return out
