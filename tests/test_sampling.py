@@ -219,3 +219,19 @@ def test_cuda_graph_matches_eager(family):
     a = generate(model, cond, config=cfg, generator=gen(9))
     b = generate(model, cond, config=replace(cfg, cuda_graph=True), generator=gen(9))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_decode_step_traces_as_one_graph(family):
+    """No host read inside a step (e.g. of the cache position): it compiles whole and can be
+    captured as a CUDA graph."""
+    import torch._dynamo as dynamo
+
+    from vqgen.sampling import CachedLoop, make_plan
+
+    model, cond = make_model(family).eval(), make_cond(family)
+    config = SamplingConfig(guidance_scale=2.0, top_k=8)
+    loop = CachedLoop(model, make_plan(model, cond, None, config, gen(0)), config)
+    with torch.inference_mode():
+        explained = dynamo.explain(loop.step)(loop.prefill())
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
