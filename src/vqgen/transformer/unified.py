@@ -234,8 +234,8 @@ class Unified(TextModelMixin, TokenModel, PretrainedMixin):
         """Codes (B, N) or (B, *grid) with the cells ``region`` (same shape, bool) regenerated from
         the text and every other cell; the rest is returned unchanged. The region is written in
         raster order, one code per forward pass (as CogLM was trained: each masked code from the
-        unmasked cells and the masked codes before it), so it costs as many passes as the largest
-        row's region has cells. ``temperature=0`` takes the most likely code; ``top_k > 0`` keeps
+        unmasked cells and the masked codes before it), so it costs one pass per cell of the union
+        of the rows' regions. ``temperature=0`` takes the most likely code; ``top_k > 0`` keeps
         that many codes; draws use ``generator`` (CPU)."""
         self._needs_coglm("infill")
         shape = codes.shape
