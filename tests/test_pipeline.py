@@ -420,3 +420,22 @@ def test_a_saved_pipeline_folder_honours_the_umask(pipe, tmp_path):
         os.umask(old)
     assert stat.S_IMODE(d.stat().st_mode) == 0o755
     assert stat.S_IMODE((d / "pipeline.json").stat().st_mode) == 0o644
+
+
+def test_a_coglm_model_reranks_by_caption_perplexity():
+    """A text-first unified model trained with the CogLM objective scores captions, so it can be a
+    pipeline's reranker (and its transformer)."""
+    from vqgen.config import apply_overrides, get_preset
+    from vqgen.transformer import build_model
+    from tests.tiny import TINY_MODEL
+
+    parts = tiny_components()
+    run = apply_overrides(get_preset("transformer", "unified-tiny"), TINY_MODEL + ["model.coglm_mix=0.5"])
+    coglm = build_model(run.model).eval()
+    coglm.text_tokenizer = parts["transformer"].text_tokenizer
+    pipe = TextToImagePipeline(parts["tokenizer"], parts["transformer"], reranker=coglm)
+    assert pipe.stage_names == {"reranker": "caption_perplexity"}
+    out = pipe("a red circle", num_images=2, rerank=3, generator=torch.Generator().manual_seed(0), output_type="codes")
+    assert out.scores.shape == (2,) and bool(torch.isfinite(out.scores).all())
+    both = TextToImagePipeline(parts["tokenizer"], coglm, reranker=coglm)  # one checkpoint, both roles
+    assert both("a red circle", rerank=2, output_type="codes").codes.shape == (1, 4, 4)

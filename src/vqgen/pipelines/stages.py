@@ -27,16 +27,17 @@ class ClipRerank:
 
 
 class CaptionPerplexityRerank:
-    """CogView's post-selection: a text-after-image transformer (unified, ``image_first=true``)
-    scores how well each prompt fits each image's codes; the score is the negative mean caption
-    negative log-likelihood (the log-perplexity, so the same order as perplexity)."""
+    """CogView's post-selection: a transformer that scores captions (unified with
+    ``image_first=true``, or CogLM-trained) says how well each prompt fits each image's codes; the
+    score is the negative mean caption negative log-likelihood (the log-perplexity, so the same
+    order as perplexity)."""
 
     def __init__(self, model):
         self.model = model
 
     @classmethod
     def accepts(cls, model) -> bool:
-        return getattr(model, "model_type", None) == "unified" and bool(getattr(model.config, "image_first", False))
+        return bool(getattr(model, "scores_captions", False))
 
     def score(self, images: torch.Tensor, codes: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         dev = next(self.model.parameters()).device

@@ -225,11 +225,12 @@ class ClipReranker(nn.Module, PretrainedMixin):
 
 
 def check_reranker(model, where) -> object:
-    """``model`` if it can rerank: a :class:`ClipReranker`, or a text-after-image unified transformer
-    (``image_first=true``: CogView's caption-perplexity post-selection); else a one-line error."""
+    """``model`` if it can rerank: a :class:`ClipReranker`, or a transformer that scores captions
+    (unified with ``image_first=true`` or CogLM-trained: CogView's caption-perplexity
+    post-selection); else a one-line error."""
     if isinstance(model, ClipReranker):
         return model
-    if getattr(model, "model_type", None) == "unified" and getattr(model.config, "image_first", False):
+    if getattr(model, "scores_captions", False):  # a text-after-image or CogLM-trained transformer
         return model
     raise VqgenError(f"{where} holds a {type(model).__name__}, not a reranker (a CLIP reranker, or a "
-                     "text-after-image transformer: unified with image_first=true)")
+                     "transformer that scores captions: unified with image_first=true or coglm_mix > 0)")
