@@ -149,6 +149,7 @@ def test_class_conditional_pipeline(tmp_path):
     assert torch.equal(a.codes, b.codes)
     with pytest.raises(VqgenError, match="unknown class"):
         pipe("three")
+    assert pipe(["2", " one "], output_type="codes").prompts == ["two", "one"]  # an index typed as text, a name
     with pytest.raises(VqgenError, match="conditioned on 'text'"):
         TextToImagePipeline(tok, model)
     assert isinstance(Pipeline.from_pretrained(tmp_path / "c"), ClassConditionalPipeline)  # any type by its json

@@ -263,4 +263,4 @@ def apply_overrides(cfg: C, overrides: list[str] | None) -> C:
 def require(cond: bool, field: str, message: str) -> None:
     """Raise ConfigError naming ``field`` when ``cond`` is false (for ``__post_init__`` checks)."""
     if not cond:
-        raise ConfigError(f"config field {field!r}: {message}")
+        raise ConfigError(f"config field {field!r}: {message}", field)

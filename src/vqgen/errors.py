@@ -6,7 +6,12 @@ class VqgenError(Exception):
 
 
 class ConfigError(VqgenError, ValueError):
-    """A bad config: unknown field, wrong type or invalid value (the message names the field)."""
+    """A bad config: unknown field, wrong type or invalid value (the message names the field, and
+    ``field`` holds its name when one field is to blame)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigWarning(UserWarning):

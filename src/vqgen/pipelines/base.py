@@ -37,6 +37,7 @@ import torch
 
 from vqgen.errors import ConfigError, VqgenError
 from vqgen.io import atomic_write_json, read_json_object, replace_dir, resolve_inside
+from vqgen.sampling.autoregressive import Generators
 from vqgen.sampling.settings import SamplingConfig
 
 PIPELINE_NAME = "pipeline.json"
@@ -46,7 +47,6 @@ COMPONENTS = ("tokenizer", "transformer", "reranker", "upsampler")
 PIPELINE_KEYS = {"pipeline_type", "components", "stages", "sampling", "max_prompt_length", "class_names",
                  "clusters", "vqgen_version"}
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 # ----------------------------------------------------------------------------- stage protocols
@@ -101,7 +101,8 @@ def resolve(kind: str, name: str):
     registry = _REGISTRIES[kind]
     if name not in registry:
         field_name = "decoder" if kind == "decoder" else f"stages.{kind}"
-        raise ConfigError(f"{field_name}: unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
+        raise ConfigError(f"{field_name}: unknown {kind} {name!r}; known: {', '.join(sorted(registry))}",
+                          field_name)
     module, attr = registry[name].split(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -276,15 +277,16 @@ class Pipeline:
         """``settings`` if this pipeline can run them (decoder known, reranker/clusters present)."""
         resolve("decoder", settings.decoder)
         if settings.rerank > 1 and self.rerank_stage is None:
-            raise ConfigError("rerank: reranking needs a pipeline with a reranker/ component (use 1)")
+            raise ConfigError("rerank: reranking needs a pipeline with a reranker/ component (use 1)", "rerank")
         if settings.cluster and self.clusters is None:
             raise ConfigError("cluster: this pipeline has no codebook clusters; fit them with "
-                              "`vqgen pipeline clusters DIR --num N`")
+                              "`vqgen pipeline clusters DIR --num N`", "cluster")
         if settings.cluster and self.clusters is not None and settings.cluster > int(self.clusters.max()) + 1:
             raise ConfigError(f"cluster: keep at most {int(self.clusters.max()) + 1} clusters (the pipeline's), "
-                              f"got {settings.cluster}")
+                              f"got {settings.cluster}", "cluster")
         if self.cond_kind == "none" and settings.guidance_scale != 1.0:
-            raise ConfigError("guidance_scale: an unconditional model has nothing to guide by; use 1")
+            raise ConfigError("guidance_scale: an unconditional model has nothing to guide by; use 1",
+                              "guidance_scale")
         return settings
 
     # -- inputs (per pipeline type) ------------------------------------------------------------
@@ -404,8 +406,9 @@ class Pipeline:
         if prefix_image is not None or prefix_rows is not None:
             cond = replace(cond, prefix_codes=self.prefix_codes(prefix_image, prefix_rows, len(rows)))
         decode = resolve("decoder", s.decoder)
-        codes = decode(self.transformer, cond, num=len(rows), config=s, generator=_row_generators(generator, labels, per_prompt),
-                       progress=progress, clusters=self.clusters, guidance=guidance)  # (R, *grid)
+        gens = _row_generators(generator, labels, per_prompt)
+        codes = decode(self.transformer, cond, num=len(rows), config=s, generator=gens, progress=progress,
+                       clusters=self.clusters, guidance=guidance)  # (R, *grid)
         images = self.decode(codes, cond)  # (R, 3, H, W)
         scores = None
         if k > 1:
@@ -427,10 +430,10 @@ class Pipeline:
         grid = tuple(self.transformer.grid)
         if not isinstance(rows, int) or isinstance(rows, bool) or not 1 <= rows < grid[0]:
             raise VqgenError(f"prefix_rows must be 1..{grid[0] - 1} (the code grid has {grid[0]} rows), got {rows!r}")
-        if not isinstance(image, torch.Tensor):
-            from vqgen.data.image import to_rgb, to_tensor
+        if not isinstance(image, torch.Tensor):  # a PIL image, brought to the size as training data is
+            from vqgen.data.image import resize_crop, to_rgb, to_tensor
 
-            image = to_tensor(to_rgb(image).resize((self.image_size, self.image_size)))
+            image = to_tensor(resize_crop(to_rgb(image), self.image_size))
         if image.shape != (3, self.image_size, self.image_size):
             raise VqgenError(f"the prefix image must be 3x{self.image_size}x{self.image_size}, "
                              f"got {tuple(image.shape)}")

@@ -34,7 +34,10 @@ class ClassConditionalPipeline(Pipeline):
         return names
 
     def class_id(self, label: Any) -> int:
-        """A class index from an index or a class name; ``VqgenError`` if it names no class."""
+        """A class index from an index or a class name (a digit string that is no class name is an
+        index, as typed on the command line or sent to the server); ``VqgenError`` if it names no class."""
+        if isinstance(label, str) and label.strip() not in self.class_names and label.strip().isdigit():
+            label = int(label.strip())
         if isinstance(label, int) and not isinstance(label, bool):
             if not 0 <= label < len(self.class_names):
                 raise VqgenError(f"class {label} is outside 0..{len(self.class_names) - 1}")

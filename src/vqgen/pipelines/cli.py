@@ -88,34 +88,16 @@ def slug(prompt: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].rstrip("-") or "image"
 
 
-def _out_folder(path: str):
-    """The output folder, made now (before any model is loaded): a one-line error if it cannot be."""
-    from pathlib import Path
-
-    from vqgen.errors import VqgenError
-
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VqgenError(f"cannot use --out {path}: {e.strerror or e}") from None
-    if not folder.is_dir():
-        raise VqgenError(f"cannot use --out {path}: it is not a folder")
-    return folder
-
-
 def _load_prefix(path: str | None):
+    """The --prefix-image as an RGB PIL image (None without one); a one-line error if unusable."""
     if path is None:
         return None
-    from PIL import Image, UnidentifiedImageError
-
+    from vqgen.data.image import decode_image
     from vqgen.errors import VqgenError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, UnidentifiedImageError) as e:
+        return decode_image(path)
+    except VqgenError as e:
         raise VqgenError(f"cannot read --prefix-image {path}: {e}") from None
 
 
@@ -123,6 +105,7 @@ def _generate(args) -> int:
     import time
 
     from vqgen.errors import VqgenError
+    from vqgen.io import make_dir
     from vqgen.pipelines import load_pipeline
     from vqgen.runtime import pick_device, progress
     from vqgen.sampling import image_generators
@@ -135,12 +118,10 @@ def _generate(args) -> int:
                          "with different --seed")
     if args.class_label is not None and args.prompt is not None:
         raise VqgenError("give the class as --class or as PROMPT, not both")
-    folder = _out_folder(args.out)
+    folder = make_dir(args.out)  # before any model is loaded
     prefix = _load_prefix(args.prefix_image)
     pipe = load_pipeline(args.model, device=pick_device(args.device))
     label = args.class_label if args.class_label is not None else args.prompt
-    if pipe.pipeline_type == "class_conditional" and label is not None and label.isdigit():
-        label = int(label)
     if pipe.pipeline_type == "unconditional" and label is not None:
         raise VqgenError("this pipeline is unconditional: leave PROMPT and --class out")
     if pipe.pipeline_type != "unconditional" and label is None:

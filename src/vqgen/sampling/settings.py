@@ -141,7 +141,8 @@ class SamplingConfig:
         if self.cluster:
             if clusters is None:
                 raise ConfigError("cluster: cluster sampling needs the codebook clusters (a pipeline fitted with "
-                                  "`vqgen pipeline clusters DIR`, or clusters=vqgen.sampling.load_clusters(dir))")
+                                  "`vqgen pipeline clusters DIR`, or clusters=vqgen.sampling.load_clusters(dir))",
+                                  "cluster")
             procs.append(ClusterTopK(clusters, self.cluster))
         return Chain(procs)
 
@@ -160,7 +161,7 @@ class SamplingConfig:
         elif isinstance(per_prompt, (list, tuple)):
             if len(per_prompt) != prompts:
                 raise ConfigError(f"guidance_scale has {len(per_prompt)} values for {prompts} prompts: "
-                                  "give one per prompt")
+                                  "give one per prompt", "guidance_scale")
             values = [self.guidance_scale if v is None else check_guidance(v) for v in per_prompt]
         else:
             values = [check_guidance(per_prompt)] * prompts

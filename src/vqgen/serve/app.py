@@ -415,8 +415,7 @@ def _make_job(body: ImageRequest, state: ServeState) -> Job:
     try:
         settings = pipe.check_settings(pipe.sampling.merged(**{f: getattr(body, f) for f in SETTING_FIELDS}))
     except ConfigError as e:
-        param = next((f for f in SETTING_FIELDS if f"'{f}'" in str(e) or str(e).startswith(f)), None)
-        raise APIError(400, str(e), param, "invalid_value")
+        raise APIError(400, str(e), e.field if e.field in SETTING_FIELDS else None, "invalid_value")
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     return Job(prompt=prompt, n=n, seed=seed, settings=settings, super_resolution=state.sizes.get(size, False))
 
