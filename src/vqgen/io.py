@@ -179,6 +179,7 @@ MODELS: dict[str, str | type] = {
     "vim": "vqgen.transformer.vim:VIM",
     "parti": "vqgen.transformer.parti:Parti",
     "unified": "vqgen.transformer.unified:Unified",
+    "hierarchical": "vqgen.transformer.hierarchical:HierarchicalSR",
     "clip_reranker": "vqgen.rerank.clip:ClipReranker",
     "superres": "vqgen.superres.model:SuperResolution",
 }
