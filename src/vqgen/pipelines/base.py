@@ -85,6 +85,7 @@ DECODERS: dict[str, str] = {
     "autoregressive": "vqgen.sampling.autoregressive:generate",
     "naive": "vqgen.sampling.autoregressive:generate_naive",
     "sjd": "vqgen.sampling.sjd:generate_sjd",
+    "lopar": "vqgen.sampling.lopar:generate_lopar", "direct_sr": "vqgen.sampling.direct_sr:generate_direct_sr",
 }
 RERANKERS: dict[str, str] = {
     "clip": "vqgen.pipelines.stages:ClipRerank",
@@ -507,6 +508,7 @@ PIPELINE_TYPES: dict[str, str] = {
     "text_to_image": "vqgen.pipelines.text_to_image:TextToImagePipeline",
     "class_conditional": "vqgen.pipelines.class_conditional:ClassConditionalPipeline",
     "unconditional": "vqgen.pipelines.unconditional:UnconditionalPipeline",
+    "hierarchical_text_to_image": "vqgen.pipelines.hierarchical:HierarchicalTextToImagePipeline",
 }
 
 

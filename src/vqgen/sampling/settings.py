@@ -28,6 +28,8 @@ MAX_TEMPERATURE = 10.0
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
 SJD_INITS = ("last", "random")
 MAX_SJD_WINDOW = 1024
+LOPAR_ORDERS = ("diagonal", "raster")
+MAX_LOPAR_WINDOW = 256
 
 
 def _number(value: Any, name: str, integer: bool = False) -> None:
@@ -67,6 +69,16 @@ class SamplingConfig:
     window of guessed codes per forward pass, how guesses past the last pass's outputs are made
     (``last``: drawn from the window's last distribution; ``random``: uniform codes) and a cap on
     its window passes after which it writes one code per pass (0 = no cap); see ``sampling/sjd.py``.
+
+    Hierarchical pipelines (``direct_sr`` and ``lopar`` decoders, ``sampling/direct_sr.py`` and
+    ``sampling/lopar.py``): the settings above drive the low-resolution autoregressive stage;
+    ``sr_temperature`` / ``sr_top_k`` the super-resolution draws (0 = greedy / off).
+    ``lopar_remask``: the fraction of the high-resolution cells re-masked after direct
+    super-resolution and rewritten by LoPAR (0 = direct super-resolution only). ``lopar_window``:
+    side of the local windows that tile the grid; ``lopar_order``: the fixed order inside a window
+    (``diagonal``: anti-diagonals, 2k-1 local steps; ``raster``: k*k steps); ``lopar_passes``: forward
+    passes of the iterative stage, the local steps split into that many consecutive groups (0 =
+    one pass per local step).
     """
 
     decoder: str = "autoregressive"
@@ -82,6 +94,12 @@ class SamplingConfig:
     sjd_window: int = 16
     sjd_init: Literal["last", "random"] = "last"
     sjd_max_iters: int = 0
+    sr_temperature: float = 1.0
+    sr_top_k: int = 0
+    lopar_remask: float = 0.5
+    lopar_window: int = 4
+    lopar_order: Literal["diagonal", "raster"] = "diagonal"
+    lopar_passes: int = 0
 
     def __post_init__(self):
         require(isinstance(self.decoder, str) and bool(self.decoder), "decoder", "must name a decoder")
@@ -108,6 +126,22 @@ class SamplingConfig:
         require(self.sjd_init in SJD_INITS, "sjd_init", f"must be one of {', '.join(SJD_INITS)}, got {self.sjd_init!r}")
         _number(self.sjd_max_iters, "sjd_max_iters", integer=True)
         require(self.sjd_max_iters >= 0, "sjd_max_iters", f"must be >= 0 passes (0 = no cap), got {self.sjd_max_iters}")
+        _number(self.sr_temperature, "sr_temperature")
+        require(math.isfinite(self.sr_temperature) and 0 <= self.sr_temperature <= MAX_TEMPERATURE, "sr_temperature",
+                f"must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.sr_temperature!r}")
+        _number(self.sr_top_k, "sr_top_k", integer=True)
+        require(self.sr_top_k >= 0, "sr_top_k", f"must be >= 0 (0 = off), got {self.sr_top_k}")
+        _number(self.lopar_remask, "lopar_remask")
+        require(0 <= self.lopar_remask <= 1, "lopar_remask",
+                f"must be a fraction in [0, 1] (0 = direct super-resolution only), got {self.lopar_remask!r}")
+        _number(self.lopar_window, "lopar_window", integer=True)
+        require(1 <= self.lopar_window <= MAX_LOPAR_WINDOW, "lopar_window",
+                f"must be 1..{MAX_LOPAR_WINDOW} codes a side, got {self.lopar_window}")
+        require(self.lopar_order in LOPAR_ORDERS, "lopar_order",
+                f"must be one of {', '.join(LOPAR_ORDERS)}, got {self.lopar_order!r}")
+        _number(self.lopar_passes, "lopar_passes", integer=True)
+        require(self.lopar_passes >= 0, "lopar_passes",
+                f"must be >= 0 passes (0 = one per local step), got {self.lopar_passes}")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "sampling") -> "SamplingConfig":

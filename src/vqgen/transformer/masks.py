@@ -225,6 +225,15 @@ def _centre(x, q_size: int, k_size: int):
     return (2 * x + 1) * k_size // (2 * q_size)
 
 
+def parent_cells(grid: tuple[int, ...], low_grid: tuple[int, ...]) -> torch.Tensor:
+    """(N,) long: for each cell of ``grid`` (raster order) the raster index of the ``low_grid``
+    cell under its centre (the cell ``cross_res`` centres a high-resolution query's low window on)."""
+    idx = torch.zeros((), dtype=torch.long)
+    for n, m in zip(grid, low_grid):
+        idx = idx[..., None] * m + _centre(torch.arange(n), n, m)  # (..., n)
+    return idx.flatten()  # (N,)
+
+
 def _near(pq: torch.Tensor, pk: torch.Tensor, q_grid: tuple[int, ...], k_grid: tuple[int, ...],
           radii: tuple[int, ...]) -> torch.Tensor:
     """Whether key cell ``pk`` of ``k_grid`` lies within ``radii`` (per axis) of the cell under the
