@@ -129,7 +129,9 @@ class TrainConfig:
     cond_dropout: float = 0.1       # rows replaced by the null condition (classifier-free guidance)
     ema_decay: float = 0.0          # 0 = no EMA of weights
     compile: bool = False
-    fsdp: bool = False              # shard parameters with FSDP2 (fully_shard) under torchrun
+    fsdp: bool = False              # shard parameters with FSDP2 (fully_shard) under torchrun; built on meta
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP gradient reduction under bf16 precision
     val_fraction: float = 0.05
     val_every: int = 200
     val_batches: int = 20
