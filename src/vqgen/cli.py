@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "vqgen.serve.cli",
     "vqgen.tokenizer.cli",
     "vqgen.transformer.cli",
+    "vqgen.transformer.hierarchical_cli",  # `vqgen hierarchical train/build` (CogView2 hierarchy)
     "vqgen.rerank.cli",
     "vqgen.superres.cli",
     "vqgen.pipelines.cli",
