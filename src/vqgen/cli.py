@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "vqgen.rerank.cli",
     "vqgen.superres.cli",
     "vqgen.pipelines.cli",
+    "vqgen.pipelines.edit_cli",  # `vqgen edit` (CogLM text-guided editing) and `vqgen eval edits`
 ]
 
 
