@@ -12,6 +12,7 @@ from typing import Any
 
 from vqgen.errors import VqgenError
 from vqgen.pipelines.base import Pipeline
+from vqgen.pipelines.edit import edit
 
 
 class TextToImagePipeline(Pipeline):
@@ -35,3 +36,5 @@ class TextToImagePipeline(Pipeline):
 
     def condition(self, labels: list[str], device):
         return self.transformer.text_condition(labels, device=device)
+
+    edit = edit  # text-guided editing with a CogLM model: pipelines/edit.py
