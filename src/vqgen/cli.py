@@ -19,12 +19,14 @@ COMMAND_MODULES = [
     "vqgen.data.cli",
     "vqgen.shapes.cli",  # adds `data shapes` to the data group (a domain brings its own data set)
     "vqgen.eval.cli",
+    "vqgen.motion.cli",  # adds `data motion` and `eval motion` (after eval.cli, which names the eval group)
     "vqgen.serve.cli",
     "vqgen.tokenizer.cli",
     "vqgen.transformer.cli",
     "vqgen.transformer.hierarchical_cli",  # `vqgen hierarchical train/build` (CogView2 hierarchy)
     "vqgen.rerank.cli",
     "vqgen.superres.cli",
+    "vqgen.diffusion.cli",  # `vqgen diffusion train|pipeline` (Imagen cascade)
     "vqgen.pipelines.cli",
     "vqgen.pipelines.edit_cli",  # `vqgen edit` (CogLM text-guided editing) and `vqgen eval edits`
 ]
