@@ -179,9 +179,11 @@ MODELS: dict[str, str | type] = {
     "vim": "vqgen.transformer.vim:VIM",
     "parti": "vqgen.transformer.parti:Parti",
     "unified": "vqgen.transformer.unified:Unified",
+    "video": "vqgen.video.model:VideoTransformer",
     "hierarchical": "vqgen.transformer.hierarchical:HierarchicalSR",
     "clip_reranker": "vqgen.rerank.clip:ClipReranker",
     "superres": "vqgen.superres.model:SuperResolution",
+    "diffusion_unet": "vqgen.diffusion.model:DiffusionUNet",
 }
 
 
