@@ -155,10 +155,10 @@ def train(low_codes, high_codes, stage1, run_dir, preset: str | None = None, ove
         seen += high.shape[0]
         bar.update(1)
         if step % max(1, t.log_every) == 0 or step == t.steps:
-            logger.log(step, {"loss": float(loss), "lr": lr, "grad_norm": gnorm, **metrics,
+            logger.log(step, {"loss": float(loss.detach()), "lr": lr, "grad_norm": gnorm, **metrics,
                               "records_per_s": seen / max(time.perf_counter() - t0, 1e-9),
                               "cpu_s": limits.cpu_elapsed})
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             t0, seen = time.perf_counter(), 0
         if t.val_every and step % t.val_every == 0 and step != t.steps:
             logger.log(step, evaluate(model, data, val_idx, t.batch_size, t.seed + 1))
