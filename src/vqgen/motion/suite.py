@@ -1,0 +1,76 @@
+"""The held-out prompt suite of the ``motion`` domain (``vqgen/prompts/motion_suite.jsonl``,
+shipped with the package): ``{"prompt", "category", "spec"}`` per line, ``SUITE_SIZES`` distinct
+prompts per category. :func:`build_suite` is deterministic and :func:`write_suite` writes the file;
+:class:`~vqgen.motion.dataset.MotionDataset` never emits a suite prompt as a caption, so a model
+is scored on combinations of shape, colour, size and action it has not seen said together.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from vqgen.errors import VqgenError
+from vqgen.motion.captions import caption_of
+from vqgen.motion.vocabulary import CATEGORIES, category_of, validate_spec
+
+SUITE_SIZES = {"move": 40, "size": 20, "color": 30, "presence": 20, "two": 30, "three": 20}
+SUITE_SEED = 0
+SUITE_PATH = Path(__file__).resolve().parents[1] / "prompts" / "motion_suite.jsonl"
+
+
+def build_suite(seed: int = SUITE_SEED) -> list[dict]:
+    """``SUITE_SIZES[category]`` distinct random prompts per category, in :data:`CATEGORIES` order."""
+    from vqgen.motion.scenes import sample_spec
+
+    rng = np.random.default_rng(seed)
+    suite: list[dict] = []
+    for category in CATEGORIES:
+        seen: set[str] = set()
+        while len(seen) < SUITE_SIZES[category]:
+            spec = validate_spec(sample_spec(rng, category))
+            prompt = caption_of(spec)
+            if prompt not in seen:
+                seen.add(prompt)
+                suite.append({"prompt": prompt, "category": category, "spec": spec})
+    return suite
+
+
+def write_suite(path: str | Path = SUITE_PATH, seed: int = SUITE_SEED) -> int:
+    """Write :func:`build_suite` as JSON lines; returns the number of prompts."""
+    from vqgen.io import atomic_write_text
+
+    suite = build_suite(seed)
+    atomic_write_text(Path(path), "".join(json.dumps(item) + "\n" for item in suite))
+    return len(suite)
+
+
+def load_suite(path: str | Path | None = None) -> list[dict]:
+    """Read a motion prompt suite (default: the shipped ``motion_suite.jsonl``; :func:`build_suite`
+    when an installation lacks it). Every spec is validated; a bad line is an error naming it."""
+    if path is None and not SUITE_PATH.is_file():
+        return build_suite()
+    path = Path(path or SUITE_PATH)
+    if not path.is_file():
+        raise VqgenError(f"prompt suite {path} does not exist")
+    suite = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise VqgenError("expected an object with a 'prompt' string")
+            spec = validate_spec(item.get("spec"))
+        except (ValueError, VqgenError) as e:
+            raise VqgenError(f"{path}:{lineno}: {e}") from None
+        suite.append({"prompt": item["prompt"], "category": item.get("category") or category_of(spec), "spec": spec})
+    return suite
+
+
+@lru_cache(maxsize=4)
+def held_out_prompts(seed: int = SUITE_SEED) -> frozenset[str]:
+    """The suite's prompts: captions the training clips never use."""
+    return frozenset(item["prompt"] for item in build_suite(seed))
