@@ -29,18 +29,18 @@ from tests.test_serve import metrics, running_server, tiny_pipeline  # noqa: E40
 from vqgen.serve.app import ServeConfig, create_app  # noqa: E402
 
 
-class GuidanceRecorder:
-    """The pipeline, recording the per-image guidance scales each sampling loop is called with."""
+def record_guidance(monkeypatch) -> list[float]:
+    """The per-image guidance scales requests join the sampling loop with (continuous batching)."""
+    from vqgen.sampling.continuous import ContinuousLoop
 
-    def __init__(self, pipe):
-        self.pipe, self.guidance = pipe, []
+    seen, admit = [], ContinuousLoop.admit
 
-    def __getattr__(self, name):
-        return getattr(self.pipe, name)
+    def recording(self, cond, num=None, generator=None, guidance=None):
+        seen.extend(guidance.tolist())
+        return admit(self, cond, num, generator, guidance)
 
-    def __call__(self, prompts, **kwargs):
-        self.guidance += list(kwargs.get("guidance_scale") or [])
-        return self.pipe(prompts, **kwargs)
+    monkeypatch.setattr(ContinuousLoop, "admit", recording)
+    return seen
 
 
 @pytest.fixture
@@ -61,9 +61,9 @@ def browser(monkeypatch):
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_page_generates_and_shows_images(browser):
-    pipe = GuidanceRecorder(tiny_pipeline())
-    app = create_app(pipe, ServeConfig(api_key="page-key", max_n=4))
+def test_page_generates_and_shows_images(browser, monkeypatch):
+    guidance = record_guidance(monkeypatch)
+    app = create_app(tiny_pipeline(), ServeConfig(api_key="page-key", max_n=4))
     with running_server(app) as base:
         browser.get(base + "/")
         wait = WebDriverWait(browser, 20)
@@ -83,7 +83,7 @@ def test_page_generates_and_shows_images(browser):
         links = browser.find_elements(By.CSS_SELECTOR, "a.download")
         assert len(links) == 3 and all(a.get_attribute("download").endswith(".png") for a in links)
         assert all(a.get_attribute("href").startswith("blob:") for a in links)
-        assert pipe.guidance == [2.5, 2.5, 2.5]
+        assert guidance == [2.5, 2.5, 2.5]
         assert "done: 3 images" in browser.find_element(By.ID, "status").text
         assert metrics(base, key="page-key")["requests_served"] == 3
 

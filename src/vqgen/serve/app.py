@@ -48,6 +48,8 @@ class ServeConfig:
     """Server limits. ``max_batch``: images per sampling loop; ``max_queue``: waiting requests;
     ``max_n``: images per request; ``timeout``: seconds a request may wait and run;
     ``batch_window``: seconds an idle server waits to batch the first request with others;
+    ``continuous``: requests join the running decode loop at its next step (else they wait for
+    the running batch to end);
     ``url_ttl``/``max_stored_images``: lifetime and count of images kept for ``url`` responses;
     ``max_body_bytes``: the largest request body read (more is answered 413)."""
 
@@ -58,6 +60,7 @@ class ServeConfig:
     max_n: int = 8
     timeout: float = 300.0
     batch_window: float = 0.01
+    continuous: bool = True
     url_ttl: float = 3600.0
     max_stored_images: int = 1024
     max_body_bytes: int = 65536
@@ -248,7 +251,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
     state = ServeState(
         pipe=pipe, config=config,
         batcher=Batcher(pipe, max_batch=config.max_batch, max_queue=config.max_queue,
-                        window=config.batch_window),
+                        window=config.batch_window, continuous=config.continuous),
         store=ImageStore(config.url_ttl, config.max_stored_images),
         sizes=supported_sizes(pipe), started=time.time())
 

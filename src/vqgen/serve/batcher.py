@@ -1,10 +1,21 @@
-"""Cross-request batching: queued requests share one sampling loop (one pipeline call).
+"""Cross-request batching: queued requests share one sampling loop.
 
-A :class:`Batcher` owns a bounded queue of :class:`Job` s and one background task. The task waits
-for work, gathers compatible jobs (equal sampling settings but for guidance, which goes per row)
-up to ``max_batch`` images or until ``window`` seconds have passed, flattens them into one prompt
-list with one guidance value and one seeded ``torch.Generator`` per image, calls the pipeline once
-in a worker thread, encodes the images as PNG there, and hands each job its own images back.
+A :class:`Batcher` owns a bounded queue of :class:`Job` s and one background task that drives a
+worker thread. Two ways to share the loop:
+
+* **continuous** (the default, for the ``autoregressive`` decoder of a pipeline with a token
+  transformer): one running decode loop (:class:`~vqgen.sampling.continuous.ContinuousLoop`) with a
+  slot per image row. Before every decode step the task admits the waiting jobs that fit in the free
+  slots (in arrival order, same sampling settings but for guidance); a job's rows leave when its
+  images are done, and are then decoded to PNG; a job whose client went away frees its slots at the
+  next step. The loop ends when it is empty; a job with other settings waits at the head of the
+  queue until then (no job overtakes it), and one with more rows than slots runs alone as below.
+* **request batching** (``continuous=False``, other decoders, pipelines without a transformer):
+  the task gathers compatible jobs up to ``max_batch`` images, flattens them into one prompt list
+  with one guidance value and one seeded ``torch.Generator`` per image, calls the pipeline once,
+  and hands each job its own images; later jobs wait for the whole call to finish.
+
+When the sampler is idle the first job waits up to ``window`` seconds for company either way.
 """
 from __future__ import annotations
 
@@ -15,6 +26,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -44,6 +56,11 @@ class Job:
     super_resolution: bool = False
     result: asyncio.Future = field(default=None, repr=False)  # set by Batcher.submit
     enqueued_at: float = 0.0
+    # in a continuous loop (set by the worker thread when the job joins)
+    slots: list[int] | None = field(default=None, repr=False)  # the loop slots of its rows, in row order
+    label: str = ""  # the prompt as the pipeline takes it (validate_prompt)
+    cond: Any = field(default=None, repr=False)  # its rows' Condition
+    generators: list | None = field(default=None, repr=False)  # one per image
 
     @property
     def rows(self) -> int:
@@ -66,23 +83,28 @@ def encode_png(image) -> bytes:
 class Batcher:
     """Queue requests and serve them in batches through one pipeline.
 
-    ``max_batch`` bounds the images per pipeline call (a single request larger than that runs
-    alone); ``max_queue`` bounds the requests waiting; ``window`` is how long the first waiting
-    request may wait for company while the pipeline is idle.
+    ``max_batch`` bounds the image rows sampled together (the slots of a continuous loop; a single
+    request larger than that runs alone); ``max_queue`` bounds the requests waiting; ``window`` is
+    how long the first waiting request may wait for company while the sampler is idle;
+    ``continuous``: requests join the running decode loop step by step (module doc).
     """
 
-    def __init__(self, pipe, max_batch: int = 8, max_queue: int = 64, window: float = 0.01):
+    def __init__(self, pipe, max_batch: int = 8, max_queue: int = 64, window: float = 0.01,
+                 continuous: bool = True):
         self.pipe = pipe
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.window = window
+        self.continuous = continuous
         self.device = getattr(pipe, "device", "cpu")
         self.stats = {
             "batches_run": 0, "requests_served": 0, "images_generated": 0,
-            "max_batch_requests": 0, "max_batch_images": 0,
+            "max_batch_requests": 0, "max_batch_images": 0, "steps_run": 0, "requests_joined_running": 0,
             "requests_rejected": 0, "requests_cancelled": 0, "requests_timed_out": 0, "requests_failed": 0,
         }
         self._pending: deque[Job] = deque()
+        self._running: list[Job] = []  # jobs in the continuous loop
+        self._leaving: list[Job] = []  # cancelled jobs whose slots the next step frees
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -129,11 +151,15 @@ class Batcher:
     def cancel(self, job: Job, reason: str = "cancelled") -> None:
         """Drop ``job`` (``reason``: ``cancelled`` or ``timed_out``, the counter it goes to).
 
-        A waiting job leaves the queue; a job already in a running batch finishes unseen (the
-        pipeline call cannot be interrupted part-way).
+        A waiting job leaves the queue; a job in the continuous loop leaves it at the next step,
+        freeing its slots; a job in a request batch finishes unseen (a pipeline call cannot be
+        interrupted part-way).
         """
         if job in self._pending:
             self._pending.remove(job)
+        elif job in self._running:
+            self._running.remove(job)
+            self._leaving.append(job)
         if not job.result.done():
             job.result.cancel()
             self.stats[f"requests_{reason}"] += 1
@@ -150,12 +176,19 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = self._pending[0].enqueued_at + self.window
-            while self._compatible_images() < self.max_batch and time.monotonic() < deadline:
+            while self._pending and self._compatible_images() < self.max_batch and time.monotonic() < deadline:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), deadline - time.monotonic())
                 except TimeoutError:
                     break
+            while self._pending and self._pending[0].result.done():  # cancelled or timed out while waiting
+                self._pending.popleft()
+            if not self._pending:
+                continue
+            if self._joins_loop(self._pending[0]):
+                await self._run_continuous()
+                continue
             batch = self._take_batch()
             if batch:
                 await self._run(batch)
@@ -217,3 +250,135 @@ class Batcher:
             out = self.pipe(prompts, num_images=1, settings=first.settings, guidance_scale=guidance,
                             super_resolution=first.super_resolution, generator=generators, output_type="pil")
         return [encode_png(im) for im in out.images]
+
+    # continuous batching ------------------------------------------------------------------------
+    def _joins_loop(self, job: Job) -> bool:
+        """Whether ``job`` runs in a continuous loop (else in a request batch)."""
+        return (self.continuous and job.settings.decoder == "autoregressive" and job.rows <= self.max_batch
+                and getattr(self.pipe, "transformer", None) is not None)
+
+    def _admissions(self, key) -> list[Job]:
+        """Waiting jobs that join the loop now: from the head of the queue, in order, while they have
+        the loop's settings and fit in its free slots (a job that does not stops the admissions)."""
+        rows = sum(j.rows for j in self._running)
+        admit = []
+        while self._pending:
+            job = self._pending[0]
+            if job.result.done():  # cancelled or timed out while waiting
+                self._pending.popleft()
+                continue
+            if job.batch_key != key or not self._joins_loop(job) or rows + job.rows > self.max_batch:
+                break
+            admit.append(self._pending.popleft())
+            rows += job.rows
+        return admit
+
+    async def _run_continuous(self) -> None:
+        """One continuous loop, from its first request until it is empty."""
+        from vqgen.sampling.continuous import ContinuousLoop
+
+        loop = asyncio.get_running_loop()
+        head = self._pending[0]
+        key = head.batch_key
+        engine = await loop.run_in_executor(self._executor, ContinuousLoop, self.pipe.transformer, self.max_batch,
+                                            head.settings, self.pipe.clusters)
+        self.stats["batches_run"] += 1
+        number, started = self.stats["batches_run"], False
+        try:
+            while True:
+                admit = self._admissions(key)
+                if not self._running and not admit:
+                    break
+                if admit:
+                    log.info("loop %d: %d requests join (%d rows)%s", number, len(admit), sum(j.rows for j in admit),
+                             " at a running step" if started else "")
+                    self.stats["requests_joined_running"] += len(admit) if started else 0
+                self._running += admit
+                leaving, self._leaving = self._leaving, []
+                rows = sum(j.rows for j in self._running)
+                self._running_images = rows
+                self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], len(self._running))
+                self.stats["max_batch_images"] = max(self.stats["max_batch_images"], rows)
+                try:
+                    failed, finished = await loop.run_in_executor(self._executor, self._advance, engine, admit,
+                                                                  leaving, list(self._running))
+                except Exception as e:  # the loop itself failed: every job in it gets the error
+                    log.exception("loop %d failed", number)
+                    self._fail(self._running, e)
+                    self._running = []
+                    break
+                started = True
+                self.stats["steps_run"] += 1
+                for job, error in failed:
+                    self._fail([job], error)
+                for job, pngs in finished:
+                    if job in self._running:
+                        self._running.remove(job)
+                        self.stats["images_generated"] += job.rows
+                        if not job.result.done():
+                            job.result.set_result(pngs)
+                            self.stats["requests_served"] += 1
+        except asyncio.CancelledError:  # the server is stopping
+            self._fail(self._running, NotRunning("the server is shutting down"))
+            self._running = []
+            raise
+        finally:
+            self._running_images = 0
+            self._leaving = []
+
+    def _fail(self, jobs: list[Job], error: Exception) -> None:
+        for job in jobs:
+            if job in self._running:
+                self._running.remove(job)
+            if not job.result.done():
+                job.result.set_exception(error)
+                self.stats["requests_failed"] += 1
+
+    def _advance(self, engine, admit: list[Job], leaving: list[Job], running: list[Job]):
+        """Worker thread: free the slots of jobs that left, prefill the joining ones, run one
+        decode step, and make PNGs of the jobs whose images are done. Returns (failed jobs with
+        their error, finished jobs with their PNGs)."""
+        failed, finished = [], []
+        with torch.inference_mode():
+            for job in leaving:
+                if job.slots is not None:
+                    engine.release(job.slots)
+            for job in admit:
+                try:
+                    self._join(engine, job)
+                except Exception as e:  # this request only (its prompt, its settings)
+                    log.exception("a request could not join the loop")
+                    failed.append((job, e))
+            done = dict(engine.step())
+            for job in running:
+                if job.slots is None or not all(s in done for s in job.slots):
+                    continue
+                try:
+                    finished.append((job, self._finish(job, torch.stack([done[s] for s in job.slots]))))
+                except Exception as e:
+                    log.exception("the images of a request could not be made")
+                    failed.append((job, e))
+        return failed, finished
+
+    def _join(self, engine, job: Job) -> None:
+        """Prefill ``job``'s rows into the loop, as the pipeline would condition and seed them."""
+        job.label = self.pipe.validate_prompt(job.prompt)
+        job.cond = self.pipe.condition([job.label] * job.rows, self.device)
+        job.generators = image_generators(job.seed, job.n, self.device)
+        k = job.settings.rerank
+        job.slots = engine.admit(job.cond, generator=[g for g in job.generators for _ in range(k)],
+                                 guidance=job.settings.row_guidance(None, job.rows, 1))
+
+    def _finish(self, job: Job, codes: torch.Tensor) -> list[bytes]:
+        """Codes (rows, *grid) → the job's PNGs: the pipeline's tokenizer, reranker and upsampler."""
+        from vqgen.pipelines.base import to_output_images
+
+        images = self.pipe.decode(codes, job.cond)  # (R, 3, H, W)
+        k = job.settings.rerank
+        if k > 1:
+            scores = self.pipe.rerank_scores(images, codes, [job.label] * job.rows).view(job.n, k)  # (n, k)
+            pick = torch.arange(job.n, device=scores.device) * k + scores.argmax(1)  # (n,)
+            images = images[pick.to(images.device)]
+        if job.super_resolution:
+            images = self.pipe.upsample_stage(images, [job.label] * job.n, job.generators)  # (n, 3, H*s, W*s)
+        return [encode_png(im) for im in to_output_images(images, "pil")]

@@ -1,0 +1,185 @@
+"""Continuous batching: one running decode loop that rows join and leave at any step.
+
+    loop = ContinuousLoop(model, slots=8, config=settings)
+    slots = loop.admit(cond, generator=[g0, g1], guidance=torch.tensor([3.0, 3.0]))  # prefilled now
+    while loop.busy_slots:
+        for slot, codes in loop.step():          # rows whose image is done leave the loop
+            ...                                  # codes (*grid) long
+
+The cache is static: ``slots`` rows (with guidance two per slot, the conditional row of slot
+``i`` at ``2i`` and its null row at ``2i + 1``), each row at its own stream position
+(``cache.pos`` is (rows, 1), which the model families accept like the usual 0-d position). A
+request joining the loop is prefilled in a cache of its own, and its keys, values and condition
+memory are copied into free slots; from the next :meth:`ContinuousLoop.step` on it is picked and
+decoded with everyone else. A step computes only the slots up to the highest busy one (free slots
+are taken lowest first), so an emptying loop gets cheaper.
+
+Randomness is the plan's (:func:`~vqgen.sampling.autoregressive.make_plan`): a request's
+uniforms are drawn from its own generators when it joins, and its guidance schedule runs on the
+row's own step index, so a row's codes depend on its generator, settings and condition only:
+the same draws, processors and guidance formula as :func:`~vqgen.sampling.autoregressive.generate`.
+Whether the codes match ``generate`` bit for bit depends on the logits matching, which is what the
+tests check on CPU (the per-row attention mask runs the same kernels there); on GPU a kernel
+chosen for another batch size may move a draw that sits on a CDF boundary, as for any batching.
+
+Every row of a loop shares the settings' processors (temperature, top-k, top-p, clusters);
+guidance goes per row. ``compile`` and ``cuda_graph`` are not used by the loop.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from vqgen.errors import VqgenError
+from vqgen.sampling.autoregressive import Generators, make_plan
+from vqgen.sampling.processors import greedy, sample_from
+from vqgen.sampling.settings import SamplingConfig
+from vqgen.transformer.base import Condition, KVCache, TokenModel
+
+
+def _map(value, fn):
+    """``fn`` applied to every tensor of a cache attribute (a tensor, or lists/tuples of them)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map(v, fn) for v in value)
+    return value
+
+
+def _map2(big, small, fn) -> None:
+    """``fn(b, s)`` on matching tensors of two cache attributes of the same structure."""
+    if isinstance(big, torch.Tensor):
+        fn(big, small)
+    elif isinstance(big, (list, tuple)):
+        for b, s in zip(big, small):
+            _map2(b, s, fn)
+
+
+class ContinuousLoop:
+    """A decode loop with ``slots`` rows that requests join and leave step by step (module doc).
+
+    ``config``: the settings every row shares (their ``batch_key``; guidance goes per request).
+    ``clusters``: the (V,) codebook clusters for ``config.cluster``.
+    """
+
+    def __init__(self, model: TokenModel, slots: int, config: SamplingConfig = SamplingConfig(),
+                 clusters: torch.Tensor | None = None):
+        if slots < 1:
+            raise VqgenError(f"a continuous loop needs at least one slot, got {slots}")
+        self.model, self.slots, self.config, self.clusters = model, slots, config, clusters
+        self.device = next(model.parameters()).device
+        self.per_slot = 2 if model.cond_kind != "none" else 1  # a null row per slot for guidance
+        n, rows = model.image_seq_len, slots * self.per_slot
+        self.cache: KVCache = model.new_cache(rows)
+        self.cache.pos = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # (R, 1): a position per row
+        self.logits = torch.zeros(rows, model.codebook_size, device=self.device)  # (R, V) for each row's next code
+        self.u = torch.zeros(slots, n, device=self.device)  # (S, N) uniforms by the row's own step
+        self.scale = torch.ones(slots, n, device=self.device)  # (S, N) guidance λ by step
+        self.codes = torch.zeros(slots, n, dtype=torch.long, device=self.device)  # (S, N) prefix, then drawn codes
+        self.first = torch.zeros(slots, dtype=torch.long, device=self.device)  # (S,) prefix length
+        self.t = torch.zeros(slots, dtype=torch.long, device=self.device)  # (S,) codes drawn so far
+        self.steps = torch.zeros(slots, dtype=torch.long, device=self.device)  # (S,) codes to draw
+        self.busy = torch.zeros(slots, dtype=torch.bool, device=self.device)  # (S,)
+        self.chain = config.processors(None if clusters is None else clusters.to(self.device))
+        self.greedy = config.temperature == 0
+        self.park: int | None = None  # a valid position for free rows (after a prefill)
+        self.steps_run = 0
+
+    # -- slots -------------------------------------------------------------------------------
+    @property
+    def busy_slots(self) -> int:
+        return int(self.busy.sum())
+
+    def free_slots(self) -> list[int]:
+        return (~self.busy).nonzero().flatten().tolist()
+
+    def release(self, slots: list[int]) -> None:
+        """Free ``slots`` (a request that left: cancelled); their rows stop counting at once."""
+        self.busy[torch.as_tensor(slots, dtype=torch.long, device=self.device)] = False
+
+    def _rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """Cache rows of ``slots`` (K,): the conditional rows, then (with guidance) the null rows."""
+        if self.per_slot == 1:
+            return slots
+        return torch.cat([2 * slots, 2 * slots + 1])  # (2K,)
+
+    # -- joining -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def admit(self, cond: Condition | None, num: int | None = None, generator: Generators = None,
+              guidance: torch.Tensor | None = None) -> list[int]:
+        """Prefill a request's rows (arguments as for ``generate``) into free slots, lowest first;
+        returns the slots in row order. They are drawn from at the next :meth:`step`."""
+        plan = make_plan(self.model, cond, num, self.config, generator, self.clusters, guidance)
+        free = self.free_slots()
+        if plan.batch > len(free):
+            raise VqgenError(f"{plan.batch} rows do not fit in the {len(free)} free slots of the loop")
+        slots = torch.tensor(free[:plan.batch], dtype=torch.long, device=self.device)  # (K,)
+        conds = plan.cond if self.per_slot == 1 else Condition.cat(
+            [plan.cond, plan.null if plan.null is not None else plan.cond.null()])
+        own = self.model.new_cache(plan.batch * self.per_slot, max_len=self.cache.max_len)
+        logits = self.model.prefill(conds, own)  # (K', V)
+        rows = self._rows(slots)  # (K',)
+        self._copy_rows(own, rows)
+        self.logits[rows] = logits
+        k, s = plan.prefix.shape[1], plan.steps
+        self.u[slots, :s] = plan.u
+        self.scale[slots, :s] = 1.0 if plan.scale is None else plan.scale
+        self.codes[slots, :k] = plan.prefix
+        self.first[slots], self.t[slots], self.steps[slots] = k, 0, s
+        self.busy[slots] = True
+        self.park = int(own.pos)
+        return slots.tolist()
+
+    def _copy_rows(self, own: KVCache, rows: torch.Tensor) -> None:
+        """The request's cache (keys, values, condition memory, positions) into the loop's ``rows``."""
+        self.cache.pos[rows] = own.pos.expand(rows.shape[0], 1)
+        for name, value in vars(own).items():
+            if name == "pos" or value is None:
+                continue
+            mine = getattr(self.cache, name)
+            if mine is None:  # first request: condition memory for every row, copied from its first
+                mine = _map(value, lambda t: t[:1].expand(self.cache.batch_size, *t.shape[1:]).clone())
+                setattr(self.cache, name, mine)
+            _map2(mine, value, lambda b, s: b.index_copy_(0, rows, s))
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _view(self, slots: int) -> KVCache:
+        """The loop's cache cut to its first ``slots`` slots (views: writes land in the loop's cache)."""
+        rows = slots * self.per_slot
+        view = copy.copy(self.cache)
+        for name, value in vars(self.cache).items():
+            setattr(view, name, _map(value, lambda t: t[:rows]))
+        return view
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[int, torch.Tensor]]:
+        """Draw the next code of every busy row; feed them to the model. Returns ``(slot, codes
+        (*grid))`` for each row whose image is now complete (its slot is free again)."""
+        if not bool(self.busy.any()):
+            return []
+        top = int(self.busy.nonzero().max()) + 1  # slots 0..top-1 are computed
+        busy, t = self.busy[:top], self.t[:top]
+        logits = self.logits[: top * self.per_slot]  # (R', V)
+        at = t.clamp(max=self.u.shape[1] - 1)[:, None]  # (S', 1)
+        if self.per_slot == 2:
+            pair = logits.view(top, 2, -1)  # (S', 2, V): conditional, null
+            logits = torch.lerp(pair[:, 1], pair[:, 0], self.scale[:top].gather(1, at))  # (S', V)
+        logits = self.chain(logits, None)  # (S', V)
+        tok = greedy(logits) if self.greedy else sample_from(logits, self.u[:top].gather(1, at).squeeze(1))  # (S',)
+        tok = torch.where(busy, tok, 0)  # (S',): free rows feed code 0 (and write it to their own unused row)
+        where = (self.first[:top] + t).clamp(max=self.codes.shape[1] - 1)[:, None]  # (S', 1)
+        self.codes[:top].scatter_(1, where, tok[:, None])
+        t += busy.long()
+        done = busy & (t == self.steps[:top])  # (S',)
+        finished = [(int(s), self.codes[s].view(*self.model.grid).clone()) for s in done.nonzero().flatten()]
+        self.busy[:top] &= ~done
+        self.steps_run += 1
+        if bool(self.busy.any()):
+            top = int(self.busy.nonzero().max()) + 1
+            free = ~self.busy[:top]
+            if bool(free.any()):  # free rows sit at a valid position, so they never run off the cache
+                self.cache.pos[self._rows(free.nonzero().flatten())] = self.park
+            feed = tok[:top].repeat_interleave(self.per_slot)  # (R',): a slot's code for its null row too
+            self.logits[: top * self.per_slot] = self.model.decode_step(feed, self._view(top))
+        return finished
