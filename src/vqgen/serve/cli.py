@@ -31,7 +31,11 @@ def register(sub) -> None:
                         "and signed image URLs; the API docs and schema need it too "
                         "(default: $VQGEN_API_KEY, else no key)")
     p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
-                   help="most images sampled together in one loop (default 8)")
+                   help="most images sampled together in one loop: its slots (default 8)")
+    p.add_argument("--batching", choices=["continuous", "request"], default="continuous",
+                   help="continuous (default): a request joins the running decode loop at its next step "
+                        "and leaves when its images are done; request: requests that arrive while a batch "
+                        "runs wait for it to end and form the next one")
     p.add_argument("--max-queue", type=positive_int, default=64, metavar="N",
                    help="most requests waiting; more are answered 429 (default 64)")
     p.add_argument("--max-n", type=positive_int, default=8, metavar="N",
@@ -76,6 +80,7 @@ def run_serve(args) -> int:
         model_id=os.path.basename(os.path.normpath(args.model)) if args.model else "vqgen-default",
         api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
         max_n=args.max_n, timeout=args.timeout, batch_window=args.batch_window_ms / 1000,
+        continuous=args.batching == "continuous",
         url_ttl=args.url_ttl)
     sock = bind_socket(args.host, args.port)
     try:
