@@ -93,6 +93,7 @@ RERANKERS: dict[str, str] = {
 }
 UPSAMPLERS: dict[str, str] = {
     "conv": "vqgen.pipelines.stages:ConvUpsampler",
+    "diffusion_sr": "vqgen.pipelines.diffusion:DiffusionUpsampler",
 }
 _REGISTRIES = {"decoder": DECODERS, "reranker": RERANKERS, "upsampler": UPSAMPLERS}
 
@@ -508,6 +509,7 @@ PIPELINE_TYPES: dict[str, str] = {
     "text_to_image": "vqgen.pipelines.text_to_image:TextToImagePipeline",
     "class_conditional": "vqgen.pipelines.class_conditional:ClassConditionalPipeline",
     "unconditional": "vqgen.pipelines.unconditional:UnconditionalPipeline",
+    "diffusion_text_to_image": "vqgen.pipelines.diffusion:DiffusionTextToImagePipeline",
     "hierarchical_text_to_image": "vqgen.pipelines.hierarchical:HierarchicalTextToImagePipeline",
 }
 
@@ -515,6 +517,14 @@ PIPELINE_TYPES: dict[str, str] = {
 def pipeline_class(pipeline_type: str) -> type[Pipeline]:
     module, attr = PIPELINE_TYPES[pipeline_type].split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def _check_expected(cls: type, expect: type | None, directory: Path, kind) -> None:
+    """A one-line error unless ``cls`` is ``expect`` or a subclass of it (a hierarchical or diffusion
+    text-to-image pipeline is still a text-to-image pipeline)."""
+    if expect is not None and not issubclass(cls, expect):
+        raise VqgenError(f"{directory / PIPELINE_NAME}: pipeline_type is {kind!r}, expected "
+                         f"{expect.pipeline_type!r}")
 
 
 def load_pipeline(dir: str | Path | None = None, device="cpu", expect: type[Pipeline] | None = None) -> Pipeline:
@@ -526,11 +536,16 @@ def load_pipeline(dir: str | Path | None = None, device="cpu", expect: type[Pipe
                          "train it with `python configs/default_model.py` or pass --model DIR")
     if not directory.is_dir():
         raise VqgenError(f"pipeline directory {directory} does not exist")
+    kind = read_json_object(directory / PIPELINE_NAME).get("pipeline_type") \
+        if (directory / PIPELINE_NAME).is_file() else None
+    own = pipeline_class(kind) if kind in PIPELINE_TYPES else None
+    if own is not None and hasattr(own, "load_directory"):
+        # a type with its own component layout (diffusion: unet/ + sr/) reads its own directory
+        _check_expected(own, expect, directory, kind)
+        return own.load_directory(directory, device)
     data = read_pipeline_json(directory)
     cls = pipeline_class(data["pipeline_type"])
-    if expect is not None and cls is not expect:
-        raise VqgenError(f"{directory / PIPELINE_NAME}: pipeline_type is {data['pipeline_type']!r}, expected "
-                         f"{expect.pipeline_type!r}")
+    _check_expected(cls, expect, directory, data["pipeline_type"])
     sampling = SamplingConfig.from_dict(data.get("sampling", {}), f"{directory / PIPELINE_NAME}: sampling")
     models = load_components({k: resolve_inside(directory, v) for k, v in data["components"].items()}, device)
     clusters = None
