@@ -187,7 +187,7 @@ def read_clip(path: str | Path, frames: int | None = None) -> np.ndarray:
             arr = np.asarray(iio.imread(path, plugin="pyav"))[..., :3]  # (T, H, W, 3)
         elif path.suffix.lower() == ".gif":
             with Image.open(path) as im:
-                arr = np.stack([np.asarray(im.convert("RGB")) for _ in _each_frame(im)])  # (T, H, W, 3)
+                arr = _gif_frames(im, frames)
         else:
             with Image.open(path) as im:
                 return from_strip(im, frames)
@@ -198,10 +198,17 @@ def read_clip(path: str | Path, frames: int | None = None) -> np.ndarray:
     return arr
 
 
-def _each_frame(im: Image.Image):
+def _gif_frames(im: Image.Image, frames: int | None) -> np.ndarray:
+    """A GIF's frames (T, H, W, 3). GIF writers merge identical neighbours into one longer frame, so
+    each is repeated by its duration over one frame's (the total over ``frames``, else the shortest)."""
+    images, durations = [], []
     for i in range(getattr(im, "n_frames", 1)):
         im.seek(i)
-        yield i
+        images.append(np.asarray(im.convert("RGB")))
+        durations.append(max(int(im.info.get("duration") or 0), 1))
+    unit = sum(durations) / frames if frames else min(durations)
+    repeats = [max(round(d / unit), 1) for d in durations]
+    return np.stack([f for f, r in zip(images, repeats) for _ in range(r)])  # (T, H, W, 3)
 
 
 def save_video(frames, path: str | Path, fps: float = BASE_FPS) -> Path:
