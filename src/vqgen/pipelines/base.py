@@ -509,6 +509,7 @@ PIPELINE_TYPES: dict[str, str] = {
     "text_to_image": "vqgen.pipelines.text_to_image:TextToImagePipeline",
     "class_conditional": "vqgen.pipelines.class_conditional:ClassConditionalPipeline",
     "unconditional": "vqgen.pipelines.unconditional:UnconditionalPipeline",
+    "text_to_video": "vqgen.pipelines.text_to_video:TextToVideoPipeline",
     "diffusion_text_to_image": "vqgen.pipelines.diffusion:DiffusionTextToImagePipeline",
     "hierarchical_text_to_image": "vqgen.pipelines.hierarchical:HierarchicalTextToImagePipeline",
 }
