@@ -60,6 +60,8 @@ def register(sub) -> None:
                         "the pipeline's)")
     p.add_argument("--sjd-window", type=int, default=None, metavar="L",
                    help="with --model --decoder sjd: codes guessed per forward pass (default: the pipeline's)")
+    p.add_argument("--thresholding", choices=("none", "static", "dynamic"), default=None,
+                   help="with a diffusion --model: x0 thresholding at each step (default: the pipeline's)")
     p.add_argument("--out", metavar="REPORT_DIR", default=None, help="with --model: report folder to write (required)")
     p.add_argument("--data-out", metavar="DIR", default=None,
                    help="with --model: write results.jsonl and images/ here instead of into REPORT_DIR "
@@ -134,7 +136,8 @@ def _shapes_model(args) -> int:
         pipe = pipe.with_components(reranker=load_reranker(args.reranker, device).eval())
     sampling = pipe.check_settings(pipe.sampling.merged(temperature=args.temperature, top_k=args.top_k,
                                                         top_p=args.top_p, cluster=args.cluster,
-                                                        decoder=args.decoder, sjd_window=args.sjd_window))
+                                                        decoder=args.decoder, sjd_window=args.sjd_window,
+                                                        thresholding=args.thresholding))
     guidance = parse_guidance(args.guidance) if args.guidance else (sampling.guidance_scale,)
     settings = ReportSettings(guidance=guidance, samples=args.samples, rerank=args.rerank, sampling=sampling,
                               seed=args.seed, batch=args.batch, keep_images=not args.no_images)
@@ -156,7 +159,7 @@ def _command(args, guidance: tuple[float, ...]) -> str:
                         ("--data-out", args.data_out),
                         ("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p),
                         ("--cluster", args.cluster), ("--decoder", args.decoder),
-                        ("--sjd-window", args.sjd_window)):
+                        ("--sjd-window", args.sjd_window), ("--thresholding", args.thresholding)):
         if value is not None:
             parts.append(f"{flag} {value}")
     if args.no_images:

@@ -50,6 +50,12 @@ def register(sub) -> None:
     p.add_argument("--prefix-rows", type=positive_int, default=None, metavar="R",
                    help="code rows of --prefix-image to keep")
     p.add_argument("--super-resolution", action="store_true", help="upsample with the pipeline's upsampler")
+    p.add_argument("--upscale", nargs="?", const="", default=None, metavar="DIR",
+                   help="upsample the results: alone, with the pipeline's upsampler (= --super-resolution); with "
+                        "DIR, with that super-resolution model (e.g. a diffusion SR stage after a token pipeline)")
+    p.add_argument("--thresholding", choices=("none", "static", "dynamic"), default=None,
+                   help="diffusion pipelines: clip the predicted image at each step (Imagen's static = [-1, 1]; "
+                        "dynamic = per-sample percentile); default: the pipeline's")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed, 0..2^63-1 (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="B",
                    help="images per sampling loop (default 16; memory grows with B x rerank)")
@@ -121,6 +127,12 @@ def _generate(args) -> int:
     folder = make_dir(args.out)  # before any model is loaded
     prefix = _load_prefix(args.prefix_image)
     pipe = load_pipeline(args.model, device=pick_device(args.device))
+    if args.upscale:
+        from vqgen.pipelines.base import load_components
+
+        pipe = pipe.with_components(upsampler=load_components({"upsampler": _model_dir(args.upscale)},
+                                                              pipe.device)["upsampler"])
+    super_resolution = args.super_resolution or args.upscale is not None
     label = args.class_label if args.class_label is not None else args.prompt
     if pipe.pipeline_type == "unconditional" and label is not None:
         raise VqgenError("this pipeline is unconditional: leave PROMPT and --class out")
@@ -131,16 +143,18 @@ def _generate(args) -> int:
     text = pipe.validate_prompt(label)
     settings = pipe.check_settings(pipe.sampling.merged(
         guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        cluster=args.cluster, rerank=args.rerank, decoder=args.decoder, sjd_window=args.sjd_window))
-    if args.super_resolution and pipe.upsample_scale is None:
-        raise VqgenError("--super-resolution needs a pipeline with an upsampler/ component")
+        cluster=args.cluster, rerank=args.rerank, decoder=args.decoder, sjd_window=args.sjd_window,
+        thresholding=args.thresholding))
+    if super_resolution and pipe.upsample_scale is None:
+        raise VqgenError("--super-resolution/--upscale needs a pipeline with an upsampler/ component, "
+                         "or --upscale DIR")
     name = slug(text) if text else "image"
     paths, images = [], []
     bar = progress(total=args.num, desc="images", enabled=not args.no_progress and args.num > args.batch_size)
     for start in range(0, args.num, args.batch_size):
         n = min(args.batch_size, args.num - start)
         out = pipe([label] * n, num_images=1, settings=settings, prefix_image=prefix, prefix_rows=args.prefix_rows,
-                   super_resolution=args.super_resolution, generator=image_generators(seed, n, first=start),
+                   super_resolution=super_resolution, generator=image_generators(seed, n, first=start),
                    progress=not args.no_progress and args.num <= args.batch_size)
         for i, im in enumerate(out.images, start):
             path = folder / f"{name}-s{seed}-{i}.png"

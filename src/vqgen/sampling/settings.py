@@ -29,6 +29,7 @@ GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
 SJD_INITS = ("last", "random")
 MAX_SJD_WINDOW = 1024
 LOPAR_ORDERS = ("diagonal", "raster")
+THRESHOLDINGS = ("none", "static", "dynamic")
 MAX_LOPAR_WINDOW = 256
 
 
@@ -79,6 +80,10 @@ class SamplingConfig:
     (``diagonal``: anti-diagonals, 2k-1 local steps; ``raster``: k*k steps); ``lopar_passes``: forward
     passes of the iterative stage, the local steps split into that many consecutive groups (0 =
     one pass per local step).
+
+    Diffusion pipelines (``pipelines/diffusion.py``): ``thresholding`` of the predicted clean image
+    at every step, Imagen's ``none`` / ``static`` (clip to [-1, 1]) / ``dynamic`` (per sample, clip
+    to the p-th percentile of |x0| when above 1 and rescale); token decoders ignore it.
     """
 
     decoder: str = "autoregressive"
@@ -100,6 +105,7 @@ class SamplingConfig:
     lopar_window: int = 4
     lopar_order: Literal["diagonal", "raster"] = "diagonal"
     lopar_passes: int = 0
+    thresholding: Literal["none", "static", "dynamic"] = "none"
 
     def __post_init__(self):
         require(isinstance(self.decoder, str) and bool(self.decoder), "decoder", "must name a decoder")
@@ -142,6 +148,8 @@ class SamplingConfig:
         _number(self.lopar_passes, "lopar_passes", integer=True)
         require(self.lopar_passes >= 0, "lopar_passes",
                 f"must be >= 0 passes (0 = one per local step), got {self.lopar_passes}")
+        require(self.thresholding in THRESHOLDINGS, "thresholding",
+                f"must be one of {', '.join(THRESHOLDINGS)}, got {self.thresholding!r}")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "sampling") -> "SamplingConfig":
