@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "vqgen.superres.cli",
     "vqgen.diffusion.cli",  # `vqgen diffusion train|pipeline` (Imagen cascade)
     "vqgen.pipelines.cli",
+    "vqgen.video.cli",  # `vqgen video encode|train|build|generate|eval` (CogVideo)
     "vqgen.pipelines.edit_cli",  # `vqgen edit` (CogLM text-guided editing) and `vqgen eval edits`
 ]
 
