@@ -13,7 +13,8 @@ Value checks belong in the class's ``__post_init__`` (raise ``ConfigError`` nami
 A base config may stand for a family of configs: a classmethod ``config_for(data) -> type`` picks
 the subclass a dict describes (e.g. by its ``family``), and ``from_dict`` and overrides follow it.
 ``legacy_keys`` (a class attribute) names keys older files may carry that the class no longer
-has; they are dropped on load. This module touches no files: ``vqgen.io`` reads and writes them
+has; they are dropped on load. ``quiet_defaults`` names fields added later whose defaults rebuild
+what older files describe: ``missing_fields`` does not report them. This module touches no files: ``vqgen.io`` reads and writes them
 (``save_config``, ``load_config``).
 """
 from __future__ import annotations
@@ -151,12 +152,14 @@ def from_dict(cls: type[C], data: dict, prefix: str = "") -> C:
 
 
 def missing_fields(cls: type, data: dict, prefix: str = "") -> list[str]:
-    """Fields of config ``cls`` (nested ones dotted) that ``data`` does not give."""
+    """Fields of config ``cls`` (nested ones dotted) that ``data`` does not give, except the
+    class's ``quiet_defaults``."""
     cls = concrete_class(cls, data)
     out = []
     for name, tp in _field_types(cls).items():
         if name not in data:
-            out.append(prefix + name)
+            if name not in getattr(cls, "quiet_defaults", ()):
+                out.append(prefix + name)
             continue
         inner = _is_optional(tp)[1]
         if dataclasses.is_dataclass(inner) and isinstance(data[name], dict):
