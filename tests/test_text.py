@@ -109,7 +109,10 @@ def test_frozen_encoder_memo_matches_a_direct_forward_and_skips_seen_rows(monkey
     attn[:, 0] = True
     direct = enc.model(input_ids=ids, attention_mask=attn.long()).last_hidden_state  # (3, 10, 384)
     first = enc(ids, mask)
-    assert torch.allclose(first, direct, atol=1e-5) and len(enc._memo) == 2
+    used = mask.clone()
+    used[:, 0] = True
+    assert torch.allclose(first[used], direct[used], atol=1e-5) and len(enc._memo) == 2
+    assert not first[~used].any()  # zeros past each row's last token (runs trimmed; masked by readers)
     calls = []
     monkeypatch.setattr(enc.model, "forward", lambda *a, **kw: calls.append(kw))
     assert torch.equal(enc(ids[[1, 0]], mask[[1, 0]]), first[[1, 0]]) and not calls
@@ -118,3 +121,103 @@ def test_frozen_encoder_memo_matches_a_direct_forward_and_skips_seen_rows(monkey
 def test_bpe_training_is_deterministic():
     caps = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("square", "circle")]
     assert TextTokenizer.train(caps, vocab_size=64).tok.to_str() == TextTokenizer.train(caps, vocab_size=64).tok.to_str()
+
+
+# ----------------------------------------------------------------------------- Imagen-style conditioning
+def _parti(**kw):
+    text = kw.pop("text", TextConfig(vocab_size=32, max_len=8))
+    cfg = TransformerConfig(family="parti", dim=32, depth=2, heads=4, mlp_dim=64, dropout=0.0, grid=(2, 3),
+                            codebook_size=16, encoder_depth=1, text=text, **kw)
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def _cond(b=2, n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 32, (b, n), generator=g)
+    mask = torch.arange(n)[None] < torch.tensor([5, 3, 6, 2])[:b, None]  # (B, n)
+    return Condition(text_ids=ids, text_mask=mask)
+
+
+def test_old_configs_build_the_old_model_and_new_fields_are_quiet():
+    import json
+    from importlib.resources import files
+
+    from vqgen.transformer.parti import PartiConfig
+
+    old = _parti()
+    assert not any(k.startswith(("pool_", "text_in_norm", "adapter")) for k in old.state_dict())
+    assert old.encode_text(_cond())[2] is None  # no pooled vector
+    saved = json.loads((files("vqgen") / "assets/default_model/transformer/config.json").read_text())
+    assert not set(PartiConfig.quiet_defaults) & set(saved)  # the bundled model predates them: defaults = off
+    assert set(PartiConfig.quiet_defaults) <= {f.name for f in __import__("dataclasses").fields(PartiConfig)}
+    with pytest.raises(ConfigError, match="adapter_depth"):
+        TransformerConfig(family="parti", adapter_depth=1)  # a trained encoder has encoder_depth instead
+
+
+def test_pooled_text_is_added_to_every_decoder_input_and_the_cache_keeps_it():
+    cond, codes = _cond(), torch.randint(0, 16, (2, 6))
+    pooled = _parti(text_pool=True)
+    plain = _parti()
+    plain.load_state_dict({k: v for k, v in pooled.state_dict().items() if not k.startswith("pool_")})
+    with torch.no_grad():  # a zero projection adds nothing: exactly the plain model
+        pooled.pool_proj.weight.zero_(), pooled.pool_proj.bias.zero_()
+        torch.testing.assert_close(pooled(codes, cond).logits, plain(codes, cond).logits, rtol=0, atol=0)
+        pooled.pool_proj.bias.fill_(0.5)  # a constant at every position, the start slot included
+        x = pooled._with_pooled(torch.zeros(2, 7, 32), pooled.encode_text(cond)[2])
+        assert torch.equal(x, torch.full((2, 7, 32), 0.5))
+        torch.nn.init.normal_(pooled.pool_proj.weight, std=0.5)
+        full = pooled(codes, cond).logits  # (2, 6, 16)
+    assert (full - plain(codes, cond).logits).abs().max() > 1e-3
+    # the pooled vector is the masked mean of the memory: padding never reaches it
+    memory, _, vec = pooled.encode_text(cond)
+    m = cond.text_mask[..., None].float()
+    torch.testing.assert_close(vec, pooled.pool_proj((memory[:, 1:] * m).sum(1) / m.sum(1)))
+    null = pooled.encode_text(cond.null())[2]  # the null text pools to zeros: one learned constant
+    torch.testing.assert_close(null, pooled.pool_proj.bias.expand(2, -1))
+    cache = pooled.new_cache(2)
+    logits = pooled.prefill(cond, cache)
+    assert cache.pooled is not None
+    torch.testing.assert_close(logits, full[:, 0], rtol=1e-4, atol=1e-5)
+    for i in range(5):
+        torch.testing.assert_close(pooled.decode_step(codes[:, i], cache), full[:, i + 1], rtol=1e-4, atol=1e-5)
+    cache.reset()
+    assert cache.pooled is None
+
+
+def test_text_norm_puts_a_layer_norm_on_the_pooled_text():
+    cond = _cond()
+    normed = _parti(text_pool=True, text_norm=True)
+    assert isinstance(normed.pool_norm, torch.nn.LayerNorm) and isinstance(_parti(text_pool=True).pool_norm,
+                                                                           torch.nn.Identity)
+    memory, _, vec = normed.encode_text(cond)
+    m = cond.text_mask[..., None].float()
+    mean = (memory[:, 1:] * m).sum(1) / m.sum(1)  # (B, D)
+    torch.testing.assert_close(vec, normed.pool_proj(torch.nn.functional.layer_norm(mean, (32,))))
+
+
+@needs_minilm
+def test_text_norm_layer_norms_the_frozen_states_and_the_adapter_trains_while_minilm_stays_put():
+    from vqgen.text.encoder import packaged_model_dir
+
+    text = TextConfig(encoder="pretrained", pretrained_dir=str(packaged_model_dir()), max_len=12)
+    model = _parti(text=text, text_norm=True, text_pool=True, adapter_depth=1).train()
+    cond = model.text_condition(["a crimson disc", "two tiny cobalt blocks above a wedge"])
+    enc = model.frozen_encoder
+    # (a) the projection reads layer-normed states: scaling the encoder's output changes nothing
+    h = enc(cond.text_ids, cond.text_mask)  # (2, 12, 384)
+    torch.testing.assert_close(model.text_proj(model.text_in_norm(3.0 * h + 1.0)),
+                               model.text_proj(model.text_in_norm(h)), rtol=1e-4, atol=1e-4)
+    before = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    adapter = {k: v.clone() for k, v in model.adapter.state_dict().items()}
+    assert not any(p is q for p in model.parameters() for q in enc.model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    codes = torch.randint(0, 16, (2, 6))
+    for _ in range(3):
+        loss, _ = model.compute_loss(codes, cond)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(v, enc.model.state_dict()[k]) for k, v in before.items())  # bit-identical
+    assert all(p.grad is None for p in enc.model.parameters())
+    assert any(not torch.equal(v, model.adapter.state_dict()[k]) for k, v in adapter.items())  # it trained

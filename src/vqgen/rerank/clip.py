@@ -4,7 +4,11 @@ Image tower: a convolutional stem (stride-2 stages) whose feature map becomes to
 learned 2D position embedding, then a few transformer blocks; the ``[CLS]`` token is projected to
 the joint space. Text tower: a BPE tokenizer trained on the captions (:mod:`vqgen.text.bpe`),
 token + position embeddings, transformer blocks with a padding mask, masked mean pooling,
-projection. Both embeddings are l2-normalised; the score is their cosine similarity, and training
+projection. With ``text_encoder="pretrained"`` the text tower reads a frozen Hugging Face encoder
+instead (``pretrained_dir``, e.g. MiniLM, with its own tokenizer; never trained, never saved):
+its hidden states are layer-normed and projected to the tower width, then the same trained blocks,
+pooling and projection follow, so unfamiliar words the encoder knows land near their synonyms.
+Both embeddings are l2-normalised; the score is their cosine similarity, and training
 (:mod:`vqgen.rerank.train`) uses a symmetric InfoNCE loss with a learned temperature.
 
     reranker = ClipReranker.from_pretrained("RUN/model")       # also reads RUN/model/tokenizer.json
@@ -16,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +37,8 @@ FAMILY = "clip_reranker"
 
 @dataclass(frozen=True)
 class ClipConfig:
+    # fields added after rerankers were shipped: their defaults rebuild those models exactly
+    quiet_defaults: ClassVar[tuple[str, ...]] = ("text_encoder", "pretrained_dir")
     image_size: int = 64  # images of any size are resized to this
     channels: tuple[int, ...] = (32, 64, 128)  # conv stem: one stride-2 stage per entry
     width: int = 128  # transformer width of both towers
@@ -44,6 +51,8 @@ class ClipConfig:
     embed_dim: int = 128  # joint embedding space
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
+    text_encoder: Literal["trained", "pretrained"] = "trained"  # pretrained: a frozen HF encoder
+    pretrained_dir: str | None = None  # its local directory (nothing is downloaded)
 
     def __post_init__(self):
         require(len(self.channels) >= 1, "channels", "needs at least one stage")
@@ -53,6 +62,8 @@ class ClipConfig:
         require(self.vocab_size > 4, "vocab_size", "must exceed the 4 special tokens")
         require(self.max_len >= 3, "max_len", "must be >= 3")
         require(0 < self.init_temperature < 1, "init_temperature", "must be in (0, 1)")
+        require(self.text_encoder != "pretrained" or bool(self.pretrained_dir), "pretrained_dir",
+                "is required when text_encoder=pretrained")
 
     @property
     def grid(self) -> int:
@@ -104,16 +115,31 @@ class ImageTower(nn.Module):
 
 
 class TextTower(nn.Module):
+    """Token embeddings (trained BPE) or the frozen encoder's layer-normed, projected hidden
+    states, then trained blocks with a padding mask, masked mean pooling and a projection."""
+
     def __init__(self, cfg: ClipConfig):
         super().__init__()
-        self.emb = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.frozen = None
+        if cfg.text_encoder == "pretrained":
+            from vqgen.text.encoder import FrozenTextEncoder
+
+            self.frozen = FrozenTextEncoder(cfg.pretrained_dir)  # a plain object: not a submodule
+            self.in_norm = nn.LayerNorm(self.frozen.hidden_size)
+            self.in_proj = nn.Linear(self.frozen.hidden_size, cfg.width)
+        else:
+            self.emb = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos = nn.Parameter(torch.randn(cfg.max_len, cfg.width) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_dim) for _ in range(cfg.text_depth))
         self.norm = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        t = self.emb(ids) + self.pos[: ids.shape[1]]  # (B, L, W)
+        if self.frozen is not None:
+            t = self.in_proj(self.in_norm(self.frozen(ids, mask)))  # (B, L, W); no gradient reaches the encoder
+        else:
+            t = self.emb(ids)  # (B, L, W)
+        t = t + self.pos[: ids.shape[1]]  # (B, L, W)
         attn = mask[:, None, None, :]  # (B, 1, 1, L): True = attend
         for block in self.blocks:
             t = block(t, mask=attn)
@@ -126,7 +152,8 @@ class TextTower(nn.Module):
 @register_model("clip_reranker")
 class ClipReranker(nn.Module, PretrainedMixin):
     """Contrastive text–image scorer. Its text tokenizer (``self.text_tokenizer``) is saved as
-    ``tokenizer.json`` beside the weights and restored by ``from_pretrained``."""
+    ``tokenizer.json`` beside the weights and restored by ``from_pretrained``; a frozen text
+    tower uses the pretrained encoder's own tokenizer instead (no ``tokenizer.json``)."""
 
     config_class = ClipConfig
 
@@ -156,13 +183,19 @@ class ClipReranker(nn.Module, PretrainedMixin):
         """Token ids (B, L) and mask (B, L) → unit embeddings (B, E)."""
         return F.normalize(self.text_tower(ids, mask), dim=-1)
 
+    @property
+    def frozen_text(self) -> bool:
+        """True when the text tower reads a frozen pretrained encoder."""
+        return self.text_tower.frozen is not None
+
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions → ids (B, L) long and mask (B, L) bool on the model's device."""
-        if self.text_tokenizer is None:
+        if self.text_tokenizer is None and not self.frozen_text:
             raise VqgenError("this reranker has no text tokenizer (load it with from_pretrained)")
         if any(not isinstance(t, str) or not t.strip() for t in texts):
             raise VqgenError("every text to score must be a non-empty string")
-        ids, mask = self.text_tokenizer.encode(list(texts), self.config.max_len)
+        encode = self.text_tower.frozen.encode if self.frozen_text else self.text_tokenizer.encode
+        ids, mask = encode(list(texts), self.config.max_len)
         device = self.logit_scale.device
         return ids.to(device), mask.to(device)
 
@@ -203,16 +236,21 @@ class ClipReranker(nn.Module, PretrainedMixin):
 
     # ----------------------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + model.safetensors + tokenizer.json."""
-        if self.text_tokenizer is None:
+        """config.json + model.safetensors + tokenizer.json (none with a frozen text tower)."""
+        if self.text_tokenizer is None and not self.frozen_text:
             raise VqgenError("cannot save a reranker without its text tokenizer")
         directory = super().save_pretrained(directory)
-        self.text_tokenizer.save(Path(directory) / TOKENIZER_NAME)
+        if not self.frozen_text:
+            self.text_tokenizer.save(Path(directory) / TOKENIZER_NAME)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "ClipReranker":
-        path = Path(directory) / TOKENIZER_NAME
+        from vqgen.io import CONFIG_NAME, read_json_object
+
+        path, config = Path(directory) / TOKENIZER_NAME, Path(directory) / CONFIG_NAME
+        if config.is_file() and read_json_object(config).get("text_encoder") == "pretrained":  # frozen text tower
+            return super().from_pretrained(directory, device=device)
         if not path.is_file():
             raise VqgenError(f"{directory} has no {TOKENIZER_NAME}: not a saved reranker")
         tokenizer = TextTokenizer.load(path)

@@ -1,9 +1,10 @@
 """Train a CLIP-style reranker on an image folder with captions (``vqgen rerank train``).
 
-The run trains a BPE tokenizer on the training captions (``RUN/tokenizer.json``), then the dual
-encoder with a symmetric InfoNCE loss and a learned temperature. Pairs with identical captions
-in a batch count as positives of each other (soft targets), so repeated captions are not pushed
-apart. With ``hard_negatives`` > 0 each image also meets one-edit perturbations of its caption
+The run trains a BPE tokenizer on the training captions (``RUN/tokenizer.json``; none with a
+frozen pretrained text tower, ``--set model.text_encoder=pretrained --set model.pretrained_dir=DIR``,
+which reads the encoder's own tokenizer), then the dual encoder with a symmetric InfoNCE loss
+and a learned temperature. Pairs with identical captions in a batch count as positives of each
+other (soft targets), so repeated captions are not pushed apart. With ``hard_negatives`` > 0 each image also meets one-edit perturbations of its caption
 (:func:`~vqgen.shapes.negatives.perturb_caption`) as extra texts in the image → text softmax.
 
 Every ``holdout_every``-th pair is held out: ``metrics.jsonl`` gets the held-out caption → image
@@ -198,18 +199,21 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
         raise VqgenError(f"{len(data.heldout_idx)} held-out pairs, fewer than retrieval_group="
                          f"{cfg.retrieval_group}: use more data or --set retrieval_group=N")
 
-    tok_path = run_dir / TOKENIZER_NAME
-    if tok_path.is_file():
+    tok_path, tokenizer = run_dir / TOKENIZER_NAME, None
+    trained = cfg.model.text_encoder == "trained"  # else the frozen encoder's own tokenizer
+    if trained and tok_path.is_file():
         tokenizer = TextTokenizer.load(tok_path)
-    else:
+    elif trained:
         lists = data.captions or [[x] for x in data.texts]
         tokenizer = TextTokenizer.train([t for i in data.train_idx.tolist() for t in lists[i]],
                                         vocab_size=cfg.bpe_vocab_size)
         make_dir(run_dir)
         tokenizer.save(tok_path)
-    cfg = replace(cfg, model=replace(cfg.model, vocab_size=max(tokenizer.vocab_size, 5)))
+    if tokenizer is not None:
+        cfg = replace(cfg, model=replace(cfg.model, vocab_size=max(tokenizer.vocab_size, 5)))
 
     model = ClipReranker(cfg.model, tokenizer).to(device)
+    encode = model.text_tower.frozen.encode if model.frozen_text else tokenizer.encode
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -236,8 +240,8 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
                 "neg_rng": neg_rng.bit_generator.state, "aug_rng": aug_gen.get_state(),
                 **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)}
 
-    all_ids, all_mask = tokenizer.encode(data.texts, cfg.model.max_len)  # (N, L) x2
-    bank = CaptionBank.build(data.captions, tokenizer.encode, cfg.model.max_len) if data.captions else None
+    all_ids, all_mask = encode(data.texts, cfg.model.max_len)  # (N, L) x2
+    bank = CaptionBank.build(data.captions, encode, cfg.model.max_len) if data.captions else None
     logger = RunLogger(run_dir)
     bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress)
     model.train()
@@ -293,6 +297,14 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     return model, metrics
 
 
+def _frozen_text_tower(directory: Path) -> bool:
+    """A saved reranker whose text tower reads a frozen encoder (it has no tokenizer.json)."""
+    from vqgen.io import read_json_object
+
+    data = read_json_object(directory / "config.json")
+    return data.get("model_type") == MODEL_FAMILY and data.get("text_encoder") == "pretrained"
+
+
 def load_reranker(path: str | Path, device: str | torch.device = "cpu"):
     """A reranker from a saved model directory or a run (``RUN/model``, else its latest checkpoint):
     a :class:`ClipReranker` or a text-after-image transformer (see :func:`check_reranker`)."""
@@ -302,6 +314,7 @@ def load_reranker(path: str | Path, device: str | torch.device = "cpu"):
     if ckpt is not None:
         candidates.append(ckpt / "reranker")
     for c in candidates:
-        if all((c / name).is_file() for name in ("config.json", "model.safetensors", TOKENIZER_NAME)):
+        if all((c / name).is_file() for name in ("config.json", "model.safetensors")) and (
+                (c / TOKENIZER_NAME).is_file() or _frozen_text_tower(c)):
             return check_reranker(load_pretrained(c, device=device), c)
     raise VqgenError(f"{path} holds no reranker (looked for a saved model, RUN/model and RUN/checkpoints)")

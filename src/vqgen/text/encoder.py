@@ -92,25 +92,31 @@ class FrozenTextEncoder:
         mask[empty] = False
         return ids, mask
 
-    MEMO_ROWS = 16384  # remembered rows: a training set's distinct captions are encoded once
+    MEMO_ROWS = 65536  # remembered captions (~26 KB each at 17 tokens): a training set's are encoded once
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states (B, L, H) in float32. Null rows attend to their first slot only
-        (their output is masked away by the caller). Rows seen before are served from a memo."""
+        """Last hidden states (B, L, H) in float32, zeros past each row's last real token. Null rows
+        attend to their first slot only (their output is masked away by the caller). Rows seen
+        before are served from a memo; new ones run trimmed to the longest of them."""
         if self.device != ids.device:
             self.to(ids.device)
         keys = [i.tobytes() + m.tobytes() for i, m in zip(ids.cpu().numpy(), mask.cpu().numpy())]
+        lengths = (mask.long().cumsum(1).argmax(1) + 1).tolist()  # a row's used length (>= 1)
         todo = sorted({j for j, k in enumerate(keys) if k not in self._memo})
+        fresh: dict[bytes, torch.Tensor] = {}
         if todo:
             rows = torch.tensor(todo, device=ids.device)
-            attn = mask[rows].clone()  # (b, L)
+            n = max(lengths[j] for j in todo)
+            attn = mask[rows, :n].clone()  # (b, n)
             attn[:, 0] = True
-            hidden = self.model(input_ids=ids[rows], attention_mask=attn.long()).last_hidden_state.float()  # (b, L, H)
-            fresh = dict(zip((keys[j] for j in todo), hidden))
+            hidden = self.model(input_ids=ids[rows, :n], attention_mask=attn.long()).last_hidden_state.float()  # (b, n, H)
+            fresh = {keys[j]: h[: lengths[j]].clone() for j, h in zip(todo, hidden)}  # (n_j, H) each
             if len(self._memo) + len(fresh) > self.MEMO_ROWS:
                 self._memo.clear()
             self._memo.update(fresh)
-        else:
-            fresh = {}
-        return torch.stack([fresh[k] if k in fresh else self._memo[k] for k in keys])  # (B, L, H)
+        out = ids.new_zeros(ids.shape + (self.hidden_size,), dtype=torch.float32)  # (B, L, H)
+        for j, k in enumerate(keys):
+            h = fresh[k] if k in fresh else self._memo[k]  # (n_j, H)
+            out[j, : h.shape[0]] = h
+        return out  # (B, L, H)

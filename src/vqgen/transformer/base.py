@@ -144,7 +144,8 @@ class KVCache:
 
     ``k[i]``, ``v[i]``: (B, H, T_max, Dh), written in place; ``pos``: 0-d long tensor, the number
     of stream positions already written. ``cross`` holds per-layer (k, v) of a fixed memory (the
-    encoded text of encoder-decoder models) with ``cross_mask`` (B, M) bool, set by ``prefill``.
+    encoded text of encoder-decoder models) with ``cross_mask`` (B, M) bool, and ``pooled`` (B, D)
+    a condition vector added to every input (Parti's pooled text with ``text_pool``), set by ``prefill``.
     """
 
     def __init__(self, num_layers: int, batch: int, heads: int, max_len: int, head_dim: int,
@@ -155,6 +156,7 @@ class KVCache:
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.cross_mask: torch.Tensor | None = None
+        self.pooled: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -174,7 +176,7 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything written (reuse the buffers for a new batch of the same size)."""
         self.pos.zero_()
-        self.cross, self.cross_mask = None, None
+        self.cross, self.cross_mask, self.pooled = None, None, None
 
 
 class TokenModel(nn.Module):
