@@ -166,3 +166,19 @@ def test_train_build_generate_and_eval_through_the_cli(tmp_path, capsys):
                  "--out", str(tmp_path / "report"), "--no-images", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["sampling"]["decoder"] == "lopar"
+
+
+def test_served_like_any_pipeline():
+    pytest.importorskip("fastapi", reason="vqgen serve needs fastapi")
+    pytest.importorskip("httpx", reason="the serve tests need httpx")
+    from fastapi.testclient import TestClient
+
+    from vqgen.serve.app import ServeConfig, create_app
+
+    with TestClient(create_app(tiny_pipe(), ServeConfig(max_n=2))) as client:
+        r = client.post("/v1/images/generations", json={"prompt": "a red circle", "n": 2, "seed": 4,
+                                                        "response_format": "b64_json"})
+        assert r.status_code == 200 and len(r.json()["data"]) == 2
+        again = client.post("/v1/images/generations", json={"prompt": "a red circle", "n": 2, "seed": 4,
+                                                            "response_format": "b64_json"})
+        assert [d["b64_json"] for d in again.json()["data"]] == [d["b64_json"] for d in r.json()["data"]]
