@@ -214,3 +214,4 @@ def test_rerank_train_with_a_frozen_text_tower_and_several_captions(tmp_path):
     assert not (run / "tokenizer.json").exists()
     model = load_pretrained(run / "model")
     assert isinstance(model, ClipReranker) and model.frozen_text
+    assert main(["rerank", "eval", str(run), "--prompts", "2", "--candidates", "3", "--suite", "holdout"]) == 0

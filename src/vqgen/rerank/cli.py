@@ -34,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--prompts", type=int, default=100, metavar="N", help="suite prompts to test (default 100)")
     p.add_argument("--candidates", type=int, default=8, metavar="N", help="renders per prompt (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts, distractors and layouts (default 0)")
+    p.add_argument("--suite", default="suite", metavar="NAME",
+                   help="prompt set of the picks: suite, paraphrases, holdout (unfamiliar wording) or a path")
     p.set_defaults(func=_eval)
 
 
@@ -91,7 +93,8 @@ def _eval(args) -> int:
         except VqgenError:
             pass
     for kind in ("hard", "random"):
-        r = shapes_pick(model, args.prompts, args.candidates, kind, size=model.config.image_size, seed=args.seed)
+        r = shapes_pick(model, args.prompts, args.candidates, kind, size=model.config.image_size, seed=args.seed,
+                        suite=args.suite)
         summary[f"pick_{kind}"] = r.to_dict()
         print(f"{kind} distractors: pick satisfies the prompt {r.pick_passed:.3f} (chance {r.chance:.3f}), "
               f"true render picked {r.true_picked:.3f}, AUC {r.auc:.3f}  [{r.prompts} prompts x {r.candidates}]")

@@ -82,11 +82,12 @@ class PickResult:
 
 @torch.no_grad()
 def shapes_pick(model, num_prompts: int = 100, candidates: int = 8, distractors: str = "hard",
-                size: int = 64, seed: int = 0) -> PickResult:
+                size: int = 64, seed: int = 0, suite: str | None = None) -> PickResult:
     """Pick one of ``candidates`` renders per suite prompt and judge it with the exact evaluator.
 
     ``distractors``: ``hard`` (one-edit perturbations of the prompt's spec) or ``random`` (specs
-    of other suite prompts).
+    of other suite prompts). ``suite``: a shipped prompt set by name (``suite``, ``paraphrases``,
+    ``holdout``: the same test in unfamiliar wording) or a path; default the suite.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -99,7 +100,7 @@ def shapes_pick(model, num_prompts: int = 100, candidates: int = 8, distractors:
         raise VqgenError(f"distractors must be 'hard' or 'random', got {distractors!r}")
     if candidates < 2:
         raise VqgenError("shapes_pick needs at least 2 candidates")
-    suite = load_suite()
+    suite = load_suite(suite)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(suite))[:num_prompts]
     passed_pick, chance, true_pick, all_scores, all_passed = [], [], [], [], []
