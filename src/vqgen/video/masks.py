@@ -15,7 +15,7 @@ frame 0 block, ..., frame F-1 block]`` and its queries the frame blocks. A query
   centre), and of its own frame the separator and the windowed cells at or before its own slot;
 * ``interp`` (interpolation, ``known`` frames given): every query sees the windowed cells of every
   known frame, before and after it (bidirectional over its neighbours); a target frame also sees
-  its own separator and windowed cells up to its slot; no frame sees another target frame, so the
+  its own separator, its own slot and the windowed cells before it; no frame sees another target frame, so the
   inserted frames are independent given their neighbours (written in parallel).
 
 The windows slide with the query (a 3D local window centred on its cell, as in CogView2's local
@@ -46,7 +46,7 @@ def temporal_mask(grid: tuple[int, int], frames: int, text_len: int, window: int
     near = (((q_cell[:, None] // w) - (k_cell[None, :] // w)).abs() <= r) & \
            (((q_cell[:, None] % w) - (k_cell[None, :] % w)).abs() <= r) & (k_cell[None, :] >= 0)  # (S, S)
     slots = torch.arange(n + 1, device=device)  # (S,)
-    own = (slots[None, :] <= slots[:, None]) & (near | (slots[None, :] == 0))  # (S, S): own frame, causal
+    own = (slots[None, :] <= slots[:, None]) & (near | (slots[None, :] == 0) | (slots[None, :] == slots[:, None]))  # (S, S)
     f = torch.arange(frames, device=device)  # (F,)
     if mode == "key":
         back = f[:, None] - f[None, :]  # (F, F): how far back the key frame is

@@ -120,7 +120,7 @@ def encode_clips(data: str | Path, tokenizer: str | Path, out: str | Path, batch
     tok = load_pretrained(tokenizer).eval()
     codes, rows = [], []
     for clip in progress(folder, total=len(folder), desc="encode", enabled=show_progress):
-        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
+        frames = torch.from_numpy(clip.frames.copy()).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
         with torch.no_grad():
             codes.append(torch.cat([tok.encode(frames[i:i + batch]) for i in range(0, len(frames), batch)]))
         m = clip.meta
