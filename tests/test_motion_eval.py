@@ -157,3 +157,14 @@ def test_clip_folders_need_metadata(tmp_path):
     write_clip_folder([], tmp_path / "empty", progress=False)
     with pytest.raises(VqgenError, match="no usable clip"):
         score_folder(tmp_path / "empty", progress=False)
+
+
+def test_tokenizer_round_trip_command(capsys):
+    """Ground-truth suite clips through the bundled tokenizer: the ceiling of a video model on its codes."""
+    from vqgen.pipelines import default_model_dir
+
+    assert main(["eval", "motion", "--tokenizer", str(default_model_dir() / "tokenizer"), "--per-category", "1",
+                 "--frames", "5", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["num"] == 6 and summary["ground_truth"] == 1.0 and 0.0 <= summary["round_trip"] <= 1.0
+    assert main(["eval", "motion", "--videos", "x", "--frames", "5"]) == 2  # a --model/--tokenizer flag: one line

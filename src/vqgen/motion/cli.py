@@ -35,18 +35,23 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", metavar="DIR", help="clip folder (e.g. made by `vqgen data motion`)")
     src.add_argument("--model", metavar="DIR", help="text-to-video pipeline directory to generate with")
+    src.add_argument("--tokenizer", metavar="DIR",
+                     help="image tokenizer directory: score ground-truth clips of the suite after an encode -> decode "
+                          "round trip of every frame (the ceiling of a video model writing its codes)")
     p.add_argument("--details", metavar="FILE", help="with --videos: also write one JSON line per clip here")
     p.add_argument("--prompts", metavar="FILE", default=None,
-                   help="with --model: prompt suite, JSON lines {prompt, spec[, category]} (default: the shipped "
-                        "motion suite)")
+                   help="with --model/--tokenizer: prompt suite, JSON lines {prompt, spec[, category]} (default: "
+                        "the shipped motion suite)")
     p.add_argument("--per-category", type=positive_int, default=None, metavar="N",
-                   help="with --model: only the first N prompts of each category")
+                   help="with --model/--tokenizer: only the first N prompts of each category")
     p.add_argument("--samples", type=positive_int, default=1, metavar="K",
-                   help="with --model: clips per prompt (default 1)")
+                   help="with --model/--tokenizer: clips per prompt (default 1)")
     p.add_argument("--frames", type=positive_int, default=None, metavar="F",
-                   help="with --model: frames per generated clip (default: the pipeline's)")
+                   help="with --model: frames per generated clip (default: the pipeline's); with --tokenizer: "
+                        "frames per ground-truth clip (default 17)")
     p.add_argument("--fps", type=positive_int, default=None, help="with --model: frame rate (default: the pipeline's)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="with --model: seed of the samples (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="with --model/--tokenizer: seed of the samples (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="with --model: write summary.json, results.jsonl and the clips (a clip folder) here")
     p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, mps or auto (default cpu)")
@@ -69,6 +74,8 @@ def _data(args) -> int:
 def _eval(args) -> int:
     from vqgen.errors import VqgenError
 
+    if args.tokenizer is not None:
+        return _eval_tokenizer(args)
     if args.model is None:
         for flag in ("prompts", "per_category", "frames", "fps", "out"):
             if getattr(args, flag) is not None:
@@ -103,5 +110,22 @@ def _eval(args) -> int:
         print("skipped: " + ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()))
     if args.details:
         print(f"per-clip results: {args.details}")
+    print(json.dumps(summary))
+    return 0
+
+
+def _eval_tokenizer(args) -> int:
+    from vqgen.eval.report import select_prompts
+    from vqgen.io import load_pretrained
+    from vqgen.motion.evaluate import tokenizer_round_trip
+    from vqgen.motion.suite import load_suite
+
+    tokenizer = load_pretrained(args.tokenizer).eval()
+    suite = select_prompts(load_suite(args.prompts), args.per_category)
+    summary = tokenizer_round_trip(tokenizer, suite, samples=args.samples, seed=args.seed, frames=args.frames or 17)
+    print(f"{'category':<10} {'n':>6} {'clips':>8} {'round trip':>11}")
+    for name, c in summary["categories"].items():
+        print(f"{name:<10} {c['n']:>6} {c['ground_truth']:>8.4f} {c['round_trip']:>11.4f}")
+    print(f"{'overall':<10} {summary['num']:>6} {summary['ground_truth']:>8.4f} {summary['round_trip']:>11.4f}")
     print(json.dumps(summary))
     return 0

@@ -159,3 +159,36 @@ def pipeline_generator(pipe, frames: int | None = None, fps: int | None = None) 
         return video
 
     return generate
+
+
+def tokenizer_round_trip(tokenizer, suite: list[dict], samples: int = 1, seed: int = 0,
+                         frames: int = 17, batch_size: int = 128) -> dict[str, Any]:
+    """Score ground-truth clips of suite specs before and after ``tokenizer.decode(tokenizer.encode(x))``
+    frame by frame: the accuracy a video model writing this tokenizer's codes can reach at most.
+
+    Clips of ``frames`` frames at the tokenizer's image size, layouts from seeds ``seed ..``.
+    """
+    import torch
+
+    from vqgen.motion.scenes import render_spec
+
+    size = int(tokenizer.config.image_size)
+    truth, trip = [], []
+    for k in range(samples):
+        for i, item in enumerate(suite):
+            clip, _ = render_spec(item["spec"], size, frames, seed=sample_seed(seed, i, k, samples))
+            x = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
+            with torch.no_grad():
+                y = torch.cat([tokenizer.decode(tokenizer.encode(x[j:j + batch_size]))
+                               for j in range(0, len(x), batch_size)]).clamp(0, 1)  # (T, 3, H, W)
+            for results, video in ((truth, x), (trip, y)):
+                results.append({"category": item["category"], **score_clip(video, item["spec"]).to_dict()})
+    ground, round_trip = summarize(truth, {}), summarize(trip, {})
+    return {"num": len(truth), "frames": frames, "ground_truth": ground["overall"], "round_trip": round_trip["overall"],
+            "categories": {c: {"n": v["n"], "ground_truth": v["accuracy"],
+                               "round_trip": round_trip["categories"][c]["accuracy"]}
+                           for c, v in ground["categories"].items()},
+            "criteria": {k: {"ground_truth": v, "round_trip": round_trip["criteria"][k]}
+                         for k, v in ground["criteria"].items()},
+            "frame_object_accuracy": {"ground_truth": ground["frame_object_accuracy"],
+                                      "round_trip": round_trip["frame_object_accuracy"]}}

@@ -24,9 +24,9 @@ No learned model and no timing needed (it scores 5 key frames, 17 interpolated f
                     (all frames, a suffix when appearing, a prefix when disappearing, old colour
                     a prefix and new a suffix when changing); a still object's centroid within
                     ``STILL_TOL`` of the side; a mover's motion without steps back or sideways
-                    beyond ``STEP_TOL``; a constant size within ``SIZE_TOL`` of its median (``FADE_SIZE_TOL`` for one that
-                    fades, whose edges drop below half coverage first); a
-                    resizing object's size monotone within ``STEP_TOL``.
+                    beyond ``STEP_TOL``; a constant size within ``SIZE_TOL`` of its median
+                    (``FADE_SIZE_TOL`` for one that fades: its edges drop below half coverage
+                    first); a resizing object's size monotone within ``STEP_TOL``.
 
 A clip passes when every criterion of every object holds; ``frame_objects[t]`` says whether
 frame ``t`` alone had every object right (per-frame object accuracy).
@@ -130,7 +130,9 @@ def _one_run(flags: list[bool]) -> bool:
     return not idx or idx[-1] - idx[0] + 1 == len(idx)
 
 
-def _judge(obj: dict, track: list[Detection | None], counts: list[int], side: float) -> tuple[bool, bool, bool, list[bool]]:
+def _judge(obj: dict, track: list[Detection | None], counts: list[int],
+           side: float) -> tuple[bool, bool, bool, list[bool]]:
+    """``(object_ok, action_ok, consistency_ok, per-frame object checks)`` of one object's track."""
     action, kind, T = obj["action"], ACTION_KINDS[obj["action"]], len(track)
     first, last = track[0], track[-1]
     seen = [d is not None for d in track]

@@ -35,6 +35,7 @@ DEFAULT_FRAMES = 33                       # 2 s at 16 fps: room for the longest 
 MOVE_RANGE = (0.25, 0.45)                 # distance a moving object travels, of the image side
 CATEGORY_WEIGHTS = {"move": 0.2, "size": 0.12, "color": 0.12, "presence": 0.12, "two": 0.24, "three": 0.2}
 SIZE_NAMED_PROB = 0.4
+RENDER_ATTEMPTS = 5  # render_spec: layouts tried (each of `layout`'s tries) before a spec is called unplaceable
 SINGLE_ACTIONS = {"move": tuple(MOVES), "size": ("grow", "shrink"), "color": ("change color",),
                   "presence": ("appear", "disappear")}
 
@@ -69,7 +70,7 @@ class Track:
     color: str
     to: str | None
     action: str
-    start_box: tuple[float, float, float]
+    start_box: tuple[float, float, float]  # x0, y0, side
     end_box: tuple[float, float, float]
     start: int
     end: int
@@ -119,25 +120,31 @@ def sample_timing(rng: np.random.Generator, n: int, frames: int) -> tuple[tuple[
     return (s, s + span), timing
 
 
-def _boxes(rng: np.random.Generator, obj: dict, size: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Start and end boxes of one object about a random centre (may fall outside the image)."""
+Box = tuple[float, float, float]  # x0, y0, side in pixels
+
+
+def _boxes(rng: np.random.Generator, obj: dict, size: int) -> tuple[Box, Box]:
+    """Start and end boxes of one object, the box it sweeps placed uniformly inside the border."""
     start_size = START_SIZE.get(obj["action"]) or obj["size"] or ("small", "large")[rng.integers(2)]
     end_size = END_SIZE.get(obj["action"], start_size)
     a, b = SIZES[start_size] * size, SIZES[end_size] * size
-    cx, cy = rng.uniform(0, size, 2)
+    big = max(a, b)
     dx, dy = MOVES.get(obj["action"], (0, 0))
     dist = rng.uniform(*MOVE_RANGE) * size
+    lo, hi = BORDER * size, size - BORDER * size
+    x, y = rng.uniform(lo, max(hi - big - abs(dx) * dist, lo)), rng.uniform(lo, max(hi - big - abs(dy) * dist, lo))
+    cx, cy = x + big / 2 + max(-dx, 0) * dist, y + big / 2 + max(-dy, 0) * dist  # centre at the start
     return (cx - a / 2, cy - a / 2, a), (cx + dx * dist - b / 2, cy + dy * dist - b / 2, b)
 
 
-def _swept(start: tuple[float, float, float], end: tuple[float, float, float]) -> tuple[float, float, float, float]:
+def _swept(start: Box, end: Box) -> tuple[float, float, float, float]:
     """The box covering an object's start and end boxes (all it passes over: moves and resizes are linear)."""
     return (min(start[0], end[0]), min(start[1], end[1]),
             max(start[0] + start[2], end[0] + end[2]), max(start[1] + start[2], end[1] + end[2]))
 
 
 def layout(spec: dict, timing: list[tuple[int, int]], size: int, rng: np.random.Generator,
-           tries: int = 400) -> list[Track]:
+           tries: int = 2000) -> list[Track]:
     """Place every object of a spec (rejection sampling): each swept box inside the border, and
     every two swept boxes ``GAP * size`` apart, so objects never touch in any frame."""
     lo, hi, gap = BORDER * size, size - BORDER * size, GAP * size
@@ -200,6 +207,13 @@ def render_spec(spec: dict, size: int = 64, frames: int = DEFAULT_FRAMES,
     uint8, per-frame states)``. Raises :class:`VqgenError` when the objects cannot be placed."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     spec = validate_spec(spec)
-    _, timing = sample_timing(rng, len(spec["objects"]), frames)
-    states = clip_states(layout(spec, timing, size, rng), frames, size)
+    for attempt in range(RENDER_ATTEMPTS):
+        _, timing = sample_timing(rng, len(spec["objects"]), frames)
+        try:
+            tracks = layout(spec, timing, size, rng)
+            break
+        except VqgenError:
+            if attempt == RENDER_ATTEMPTS - 1:
+                raise
+    states = clip_states(tracks, frames, size)
     return render_clip(states, size), states
