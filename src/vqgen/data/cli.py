@@ -60,6 +60,15 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_check)
 
+    p = group.add_parser("code-shards", help="write a code folder (vqgen tokenizer encode) as WebDataset tar shards",
+                         description="Each record becomes KEY.codes.npy (its code grid) and KEY.json (text, label, "
+                                     "meta, original key) in codes-00000.tar, ...: the shards stage-2 training "
+                                     "can stream from a path or URL (docs/streaming.md).")
+    p.add_argument("codes", metavar="CODES", help="a code folder (info.json + shard-*.safetensors)")
+    p.add_argument("out", metavar="OUT", help="output folder for the .tar shards")
+    p.add_argument("--shard-size", type=positive_int, default=1000, metavar="N", help="records per shard (default 1000)")
+    p.set_defaults(func=_code_shards)
+
 
 def _emoji(args) -> int:
     from vqgen.data.emoji import write_emoji_dataset
@@ -84,6 +93,14 @@ def _digits(args) -> int:
     summary = write_digits_dataset(args.out, args.size, progress=not args.no_progress)
     print(f"wrote {summary['count']} digit images ({args.size}x{args.size}) to {args.out}")
     print(json.dumps(summary))
+    return 0
+
+
+def _code_shards(args) -> int:
+    from vqgen.data.stream import write_code_shards
+
+    paths = write_code_shards(args.codes, args.out, args.shard_size)
+    print(f"wrote {len(paths)} code shards to {args.out}")
     return 0
 
 

@@ -42,6 +42,8 @@ SKIP_REASONS = {
     "truncated_shard": "the tar shard was cut short (inside a member, or no end-of-archive block): "
                        "its last sample is skipped, as it may miss a file",
     "unreadable_file": "an image file cannot be read (a symlink loop, no permission, not a regular file)",
+    "missing_codes": "a code-shard sample has no codes (no .codes.npy member)",
+    "bad_codes": "a code sample is not an integer grid of the model's shape, or has codes outside the codebook",
 }
 
 RESAMPLE = {

@@ -1,9 +1,10 @@
-"""The one record type every data source yields."""
+"""The record types data sources yield: images (:class:`Record`) and image codes (:class:`CodeRecord`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from PIL import Image
 
 
@@ -15,6 +16,17 @@ class Record:
     """
 
     image: Image.Image
+    text: str | None = None
+    label: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+
+@dataclass
+class CodeRecord:
+    """One pre-tokenized example: ``codes`` (*grid) long, and optionally a caption, a label and metadata."""
+
+    codes: torch.Tensor
     text: str | None = None
     label: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
