@@ -139,16 +139,17 @@ def test_generators_are_scored_on_suite_prompts(tmp_path):
 def test_pipeline_outputs_are_unwrapped():
     move = spec(obj("circle", "green", "move up"))
     frames, _ = render_spec(move, frames=17, seed=6)
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()[None] / 255  # (1, T, 3, H, W)
+    from PIL import Image
+
     calls = []
 
-    def pipe(prompt, seed, **options):
+    def pipe(prompt, seed, **options):  # a TextToVideoPipeline's output: frames[i] = video i as PIL images
         calls.append((prompt, seed, options))
-        return SimpleNamespace(videos=video)
+        return SimpleNamespace(frames=[[Image.fromarray(f) for f in frames]])
 
-    generate = pipeline_generator(pipe, frames=17)
+    generate = pipeline_generator(pipe, frames=17, fps=8)
     assert score_clip(generate("a green circle moves up", 3), move).passed
-    assert calls == [("a green circle moves up", 3, {"num_frames": 17})]
+    assert calls == [("a green circle moves up", 3, {"num_frames": 17, "fps": 8})]
 
 
 def test_clip_folders_need_metadata(tmp_path):
@@ -168,3 +169,16 @@ def test_tokenizer_round_trip_command(capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["num"] == 6 and summary["ground_truth"] == 1.0 and 0.0 <= summary["round_trip"] <= 1.0
     assert main(["eval", "motion", "--videos", "x", "--frames", "5"]) == 2  # a --model/--tokenizer flag: one line
+
+
+def test_eval_motion_model_command(tmp_path, capsys):
+    """`vqgen eval motion --model DIR` plugs a TextToVideoPipeline into the suite scorer (the tiny one of test_video)."""
+    tiny = pytest.importorskip("tests.test_video")
+    tiny.tiny_video_pipeline().save_pretrained(tmp_path / "pipe")
+    assert main(["eval", "motion", "--model", str(tmp_path / "pipe"), "--per-category", "1", "--frames", "5",
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["num"] == 6 and 0.0 <= summary["overall"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["frames"] for r in rows] == [5] * 6 and [r["seed"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert (tmp_path / "out" / "clips" / "metadata.jsonl").is_file()

@@ -34,7 +34,8 @@ def register(sub) -> None:
                     "line.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", metavar="DIR", help="clip folder (e.g. made by `vqgen data motion`)")
-    src.add_argument("--model", metavar="DIR", help="text-to-video pipeline directory to generate with")
+    src.add_argument("--model", nargs="?", const="", metavar="DIR",
+                     help="text-to-video pipeline directory to generate with (without DIR: the bundled video model)")
     src.add_argument("--tokenizer", metavar="DIR",
                      help="image tokenizer directory: score ground-truth clips of the suite after an encode -> decode "
                           "round trip of every frame (the ceiling of a video model writing its codes)")
@@ -49,7 +50,9 @@ def register(sub) -> None:
     p.add_argument("--frames", type=positive_int, default=None, metavar="F",
                    help="with --model: frames per generated clip (default: the pipeline's); with --tokenizer: "
                         "frames per ground-truth clip (default 17)")
-    p.add_argument("--fps", type=positive_int, default=None, help="with --model: frame rate (default: the pipeline's)")
+    p.add_argument("--fps", type=positive_int, default=None,
+                   help="with --model: frame rate of the result (default: key frames at 2 fps, i.e. 2 (F-1)/4 with "
+                        "--frames F, else the pipeline's)")
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="with --model/--tokenizer: seed of the samples (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
@@ -91,12 +94,13 @@ def _eval(args) -> int:
         from vqgen.eval.report import select_prompts
         from vqgen.motion.evaluate import pipeline_generator, score_generator
         from vqgen.motion.suite import load_suite
-        from vqgen.pipelines import load_pipeline
+        from vqgen.pipelines.text_to_video import TextToVideoPipeline
         from vqgen.runtime import pick_device
 
         suite = select_prompts(load_suite(args.prompts), args.per_category)
-        pipe = load_pipeline(args.model, device=pick_device(args.device))
-        summary = score_generator(pipeline_generator(pipe, frames=args.frames, fps=args.fps), suite,
+        pipe = TextToVideoPipeline.from_pretrained(args.model or None, device=pick_device(args.device))
+        fps = args.fps or (2 * (args.frames - 1) // 4 if args.frames else None)  # as `vqgen video eval`
+        summary = score_generator(pipeline_generator(pipe, frames=args.frames, fps=fps), suite,
                                   samples=args.samples, seed=args.seed, out_dir=args.out,
                                   progress=not args.no_progress)
     print(f"{'category':<10} {'n':>6} {'accuracy':>9}")

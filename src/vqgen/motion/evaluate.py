@@ -148,15 +148,13 @@ def write_results(results: list[dict], path: str | Path) -> None:
 
 def pipeline_generator(pipe, frames: int | None = None, fps: int | None = None) -> ClipGenerator:
     """A text-to-video pipeline as a :data:`ClipGenerator`: ``pipe(prompt, seed=seed[, num_frames=frames]
-    [, fps=fps])``, whose output holds the clip in ``videos`` (or ``frames``); a batch of one is unwrapped."""
+    [, fps=fps])`` (:class:`~vqgen.pipelines.text_to_video.TextToVideoPipeline`'s call), whose output
+    holds the clips in ``frames`` (one per video; the first is taken)."""
     options = {k: v for k, v in (("num_frames", frames), ("fps", fps)) if v is not None}
 
     def generate(prompt: str, seed: int):
         out = pipe(prompt, seed=seed, **options)
-        video = next((getattr(out, name) for name in ("videos", "frames") if getattr(out, name, None) is not None), out)
-        if isinstance(video, (list, tuple)) and len(video) == 1 or getattr(video, "ndim", 0) == 5:
-            video = video[0]
-        return video
+        return out.frames[0]
 
     return generate
 
