@@ -61,6 +61,7 @@ class VideoTrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
+    schedule: Literal["constant", "cosine"] = "constant"  # constant: a run cut by a CPU limit is a prefix of a longer one
     warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -313,7 +314,7 @@ def train(codes: str | Path, run_dir: str | Path, preset: str | None = None, ove
         g = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
         x, cond, rate, known = data.batch(idx, t.task, cfg.model.frame_rates, g)
         cond = cond.drop(t.cond_dropout, g)
-        set_lr(opt, t.lr * lr_factor(step, t.steps, t.warmup_steps, t.min_lr_ratio))
+        set_lr(opt, t.lr * lr_factor(step, t.steps, t.warmup_steps, t.min_lr_ratio, t.schedule))
         loss, metrics = model.clip_loss(x, cond, rate, t.task, known)
         opt.zero_grad(set_to_none=True)
         loss.backward()
