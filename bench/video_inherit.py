@@ -55,6 +55,36 @@ def clips_for(pipe, suite, frames: int, fps: int, seed: int = 0, batch: int = 80
     return clips, keys
 
 
+def strips(pipes, full, suite, path: Path, guidance: float, temperature: float, per_category: int = 1) -> None:
+    """One row per (prompt, model): the 5 key frames of (a), (b), (c) (under the frames they become)
+    and the 17 frames of (a) with interpolation, for the first prompt of each suite category (seed 0)."""
+    from PIL import Image, ImageDraw
+
+    picked, seen = [], {}
+    for item in suite:
+        if seen.get(item["category"], 0) < per_category:
+            seen[item["category"]] = seen.get(item["category"], 0) + 1
+            picked.append(item["prompt"])
+    rows = []
+    for prompt in picked:
+        for name, pipe, frames, fps in (("(a)", pipes["a"], 5, 2), ("(b)", pipes["b"], 5, 2), ("(c)", pipes["c"], 5, 2),
+                                        ("(a)+interp", full, 17, 8)):
+            out = pipe(prompt, num_frames=frames, fps=fps, seed=0, guidance_scale=guidance, temperature=temperature)
+            rows.append((f"{name} {prompt}", out.frames[0]))
+    size = rows[0][1][0].size[0]
+    label = 14
+    sheet = Image.new("RGB", (17 * size, len(rows) * (size + label)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (text, frames) in enumerate(rows):
+        y = i * (size + label)
+        draw.text((2, y + 1), text, fill=(0, 0, 0))
+        step = 16 // (len(frames) - 1)  # key frames under the interpolated frames they become
+        for j, f in enumerate(frames):
+            sheet.paste(f, (j * step * size, y + label))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
 def score(table, suite, seed: int = 0, out_dir=None) -> dict:
     from vqgen.motion.evaluate import score_generator
 
@@ -150,6 +180,10 @@ def main(argv=None) -> int:
         results["eval_17_held"] = score(held, suite, out_dir=out / "eval-17-held")
         results["eval_17_interp"]["cpu_s"] = round(time.process_time() - t0, 1)
         save()
+    figure = Path(__file__).resolve().parents[1] / "docs" / "img" / "cogvideo_abc.png"
+    if not figure.is_file():
+        strips(pipes, full, suite, figure, g, temp)
+        log(f"figure: {figure}")
     r = results
     line = (f"video_inherit: action_a={r['eval_a']['action_accuracy']} action_b={r['eval_b']['action_accuracy']} "
             f"action_c={r['eval_c']['action_accuracy']} frame_object_a={r['eval_a']['frame_object_accuracy']} "
