@@ -136,7 +136,7 @@ class MotionDataset:
 # ----------------------------------------------------------------------------- strips and files
 def as_frames(frames) -> np.ndarray:
     """Frames in any usual form as (T, H, W, 3) uint8: a uint8 array (T, H, W, 3), a float array or
-    tensor (T, 3, H, W) or (T, H, W, 3) in [0, 1], or a list of PIL images / (H, W, 3) arrays."""
+    tensor (T, 3, H, W) or (T, H, W, 3) in [0, 1] (or 0..255), or a list of PIL images / (H, W, 3) arrays."""
     if isinstance(frames, (list, tuple)):
         frames = np.stack([np.asarray(f.convert("RGB")) if isinstance(f, Image.Image) else np.asarray(f)
                            for f in frames])
@@ -150,7 +150,8 @@ def as_frames(frames) -> np.ndarray:
     if arr.shape[-1] != 3:
         raise VqgenError(f"expected RGB frames, got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.floating):
-        arr = np.clip(arr * 255.0, 0, 255).round()
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0  # floats in [0, 1], else already 0..255
+        arr = np.clip(arr * scale, 0, 255).round()
     return arr.astype(np.uint8)
 
 

@@ -100,9 +100,10 @@ def score_generator(generate: ClipGenerator, suite: list[dict], samples: int = 1
     """Generate ``samples`` clips per suite prompt with ``generate(prompt, seed)`` and score them.
 
     Seeds come from :func:`sample_seed`. With ``out_dir``, writes there ``summary.json``,
-    ``results.jsonl`` (one line per clip) and ``clips/`` (a clip folder with each clip's prompt,
-    category and spec, so ``vqgen eval motion --videos OUT/clips`` scores it again). Clips that
-    are not frames (wrong rank, not RGB) are skipped and counted as ``bad_frames``.
+    ``results.jsonl`` (one line per clip), ``clips/`` (a clip folder with each clip's prompt,
+    category and spec, so ``vqgen eval motion --videos OUT/clips`` scores it again) and the report
+    of :func:`write_report` (``report.md``, ``grids/<category>.png``). Clips that are not frames
+    (wrong rank, not RGB) are skipped and counted as ``bad_frames``.
     """
     from vqgen.motion.dataset import Clip, as_frames
     from vqgen.runtime import progress as progress_bar
@@ -136,7 +137,55 @@ def score_generator(generate: ClipGenerator, suite: list[dict], samples: int = 1
             write_clip_folder(clips, out / "clips", info={"samples": samples, "seed": seed}, progress=False)
         atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
         atomic_write_json(out / "summary.json", summary)
+        write_report(out, summary, results, [c.frames for c in clips])
     return summary
+
+
+GRID_ROWS = 4     # clips per category grid
+GRID_FRAMES = 9   # at most this many frames of a clip in a grid row (evenly spaced)
+
+
+def markdown_tables(summary: dict) -> str:
+    """Accuracy per category, pass rate per criterion and action kind, as markdown tables."""
+    lines = ["| category | clips | accuracy |", "|---|---:|---:|"]
+    lines += [f"| {c} | {v['n']} | {v['accuracy']:.3f} |" for c, v in summary["categories"].items()]
+    lines += [f"| **overall** | {summary['num']} | **{summary['overall']:.3f}** |", "",
+              "| criterion | pass rate |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in summary["criteria"].items()]
+    lines += [f"| action: {k} (per object) | {v:.3f} |" for k, v in summary["actions"].items()]
+    lines.append(f"| objects right, per frame | {summary['frame_object_accuracy']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, summary: dict, results: list[dict], frames: list) -> None:
+    """``report.md`` (tables, the grids, the prompts of their rows) and ``grids/<category>.png``: the
+    first ``GRID_ROWS`` clips of each category, one frame strip a row, with a bar on the left that is
+    green when the clip passed and red when not."""
+    import numpy as np
+    from PIL import Image
+
+    from vqgen.io import atomic_write_text
+
+    out = Path(out_dir)
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+    text = ["# Motion suite evaluation", "", markdown_tables(summary)]
+    for category in summary["categories"]:
+        picked = [i for i, r in enumerate(results) if r["category"] == category][:GRID_ROWS]
+        rows = []
+        for i in picked:
+            clip = frames[i]                                                          # (T, H, W, 3)
+            clip = clip[np.unique(np.linspace(0, len(clip) - 1, GRID_FRAMES).round().astype(int))]
+            bar = np.zeros((clip.shape[1], 4, 3), np.uint8)                            # (H, 4, 3)
+            bar[:] = (40, 170, 60) if results[i]["passed"] else (210, 40, 40)
+            rows.append(np.concatenate([bar, *clip], axis=1))                          # (H, 4 + t*W, 3)
+        width = max(r.shape[1] for r in rows)
+        grid = np.concatenate([np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+                               for r in rows])                                         # (rows*(H+2), W', 3)
+        Image.fromarray(grid).save(out / "grids" / f"{category}.png")
+        text += ["", f"## {category}", "", f"![{category}](grids/{category}.png)", ""]
+        text += [f"{n}. {'pass' if r['passed'] else 'FAIL'} — {r['prompt']} (seed {r['seed']})"
+                 for n, r in enumerate((results[i] for i in picked), 1)]
+    atomic_write_text(out / "report.md", "\n".join(text) + "\n")
 
 
 def write_results(results: list[dict], path: str | Path) -> None:
