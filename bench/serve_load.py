@@ -1,27 +1,33 @@
-"""Load test for ``vqgen serve``: concurrent clients on loopback, batched vs one-at-a-time.
+"""Load test for ``vqgen serve``: continuous batching vs request batching under Poisson arrivals.
 
-Serves one pipeline in this process with ``--max-batch`` images per sampling loop ("batched") and
-with 1 (every request runs alone, "one-at-a-time"), and drives each with ``--clients`` concurrent
-clients sending ``--requests`` requests each (one image per request). ``--rounds`` repeats the
-pair in alternating order (B S, S B, ...) and pools the results, so that load from other jobs on a
-shared machine weighs on both modes alike. The final line holds, for both modes, requests/s,
-p50/p99 latency, the error count, the sampling loops run (and mean requests per loop) and the
-process CPU time per request (server and clients; steadier than wall time on a busy machine),
-then the batched/one-at-a-time ratios of throughput and of CPU per request. A warm-up request
-before each run is not counted.
+Serves one pipeline in this process twice per round, with ``--batching continuous`` (requests join
+the running decode loop at its next step) and ``--batching request`` (requests that arrive while a
+batch runs wait for it and form the next one), both with ``--max-batch`` image rows, and sends each
+the same open-loop stream of requests: ``--requests`` requests, one image each, arriving as a
+Poisson process of ``--rate`` requests per second (exponential gaps from ``--seed``; a request is
+sent at its time whether or not earlier ones are answered). Rounds alternate the order of the two
+modes (C R, R C, ...) and pool the results, so that other load on a shared machine weighs on both.
+For each mode: mean, p50 and p99 latency (send to answer), throughput (answers per second from the
+first send to the last answer; equal to the offered rate when the server keeps up), errors, and
+the decode loops and steps run.
+
+Then a disconnect scenario on continuous batching: the same stream, but ``--disconnect`` of the
+clients (picked at random) hang up mid-generation (after a random 20-80 % of the median latency
+measured above); the others must all be answered: ``lost`` counts those that were not (must be 0).
+
+The final line: ``serve_load: continuous_vs_batched_p99=<request p99 / continuous p99>x ...``.
 
 The model: random weights in the ``parti-tiny`` architecture (8x8 codes of 64, 32 px images;
-sampling costs the same whatever the weights are), or ``--model DIR`` for a pipeline directory
-(e.g. the bundled default model, ``src/vqgen/assets/default_model``).
+sampling costs the same whatever the weights are), or ``--model DIR`` for a pipeline directory.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/serve_load.py
-    OMP_NUM_THREADS=1 .venv/bin/python bench/serve_load.py --clients 32 --requests 4 --rounds 2
-    OMP_NUM_THREADS=1 .venv/bin/python bench/serve_load.py --model DIR
+    OMP_NUM_THREADS=1 .venv/bin/python bench/serve_load.py --rate 20 --requests 200 --rounds 2
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 
 import httpx
@@ -33,59 +39,75 @@ from vqgen.serve.server import serve_in_thread
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "two yellow circles",
            "a red square above a blue circle", "a purple triangle on the left"]
+MODES = {"continuous": True, "request": False}
 
 
-async def _client(client: httpx.AsyncClient, url: str, cid: int, requests: int, latencies, errors):
-    for i in range(requests):
-        body = {"prompt": PROMPTS[(cid + i) % len(PROMPTS)], "n": 1, "seed": cid * 1000 + i}
-        start = time.perf_counter()
-        try:
-            r = await client.post(url, json=body)
-            ok = r.status_code == 200 and len(r.json()["data"]) == 1
-        except httpx.HTTPError:
-            ok = False
-        if ok:
-            latencies.append(time.perf_counter() - start)
-        else:
-            errors.append(body)
+def arrivals(n: int, rate: float, seed: int) -> list[float]:
+    """Send times (s from the start) of ``n`` requests arriving as a Poisson process of ``rate``/s."""
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(t)
+    return out
 
 
-async def _load(base: str, clients: int, requests: int) -> dict:
+async def _request(client, url: str, i: int, at: float, t0: float, hang_up: float | None, out: dict):
+    await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+    body = {"prompt": PROMPTS[i % len(PROMPTS)], "n": 1, "seed": i}
+    sent = time.perf_counter()
+    try:
+        post = client.post(url, json=body)
+        r = await (post if hang_up is None else asyncio.wait_for(post, hang_up))
+        ok = r.status_code == 200 and len(r.json()["data"]) == 1
+    except TimeoutError:  # this client hung up on purpose
+        out["hung_up"] += 1
+        return
+    except httpx.HTTPError:
+        ok = False
+    if ok:
+        out["answered"].append(i)
+        out["latencies"].append(time.perf_counter() - sent)
+        out["last"] = max(out["last"], time.perf_counter())
+    else:
+        out["errors"] += 1
+
+
+async def _drive(base: str, times: list[float], hang_ups: dict[int, float]) -> dict:
     url = f"{base}/v1/images/generations"
-    latencies, errors = [], []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    out = {"latencies": [], "answered": [], "errors": 0, "hung_up": 0, "last": 0.0}
+    limits = httpx.Limits(max_connections=len(times), max_keepalive_connections=len(times))
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
         await client.post(url, json={"prompt": PROMPTS[0]})  # warm-up, not timed
-        before = (await client.get(f"{base}/metrics")).json()["batches_run"]
-        start, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(_client(client, url, c, requests, latencies, errors) for c in range(clients)))
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        batches = (await client.get(f"{base}/metrics")).json()["batches_run"] - before
-    return {"latencies": latencies, "errors": len(errors), "wall": wall, "cpu": cpu, "batches": batches}
+        before = (await client.get(f"{base}/metrics")).json()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_request(client, url, i, at, t0, hang_ups.get(i), out) for i, at in enumerate(times)))
+        after = (await client.get(f"{base}/metrics")).json()
+    out["wall"] = out["last"] - t0
+    for key in ("batches_run", "steps_run", "requests_cancelled", "requests_joined_running"):
+        out[key] = after[key] - before[key]
+    return out
 
 
-def run(pipe, clients: int, requests: int, max_batch: int) -> dict:
-    """Serve ``pipe`` with ``max_batch`` and drive it; returns latencies, errors, wall and CPU time."""
-    config = ServeConfig(max_batch=max_batch, max_queue=clients * 2, timeout=3600.0, batch_window=0.01)
-    app = create_app(pipe, config)
-    with serve_in_thread(app) as base:
-        return asyncio.run(_load(base, clients, requests))
+def run(pipe, mode: str, max_batch: int, times: list[float], hang_ups: dict[int, float] | None = None) -> dict:
+    """Serve ``pipe`` in ``mode`` and send the requests at ``times``; latencies, errors, counters."""
+    config = ServeConfig(max_batch=max_batch, max_queue=len(times) + 1, timeout=3600.0, batch_window=0.01,
+                         continuous=MODES[mode])
+    with serve_in_thread(create_app(pipe, config)) as base:
+        return asyncio.run(_drive(base, times, hang_ups or {}))
 
 
 def pool(runs: list[dict]) -> dict:
-    """Throughput, latency percentiles, errors and loops over several runs of one mode."""
-    latencies = [x for r in runs for x in r["latencies"]]
-    done, wall, batches = len(latencies), sum(r["wall"] for r in runs), sum(r["batches"] for r in runs)
-    lat = np.array(latencies) if latencies else np.array([float("nan")])
-    return {"rps": done / wall, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-            "errors": sum(r["errors"] for r in runs), "batches": batches, "per_batch": done / max(batches, 1),
-            "cpu_ms": 1000 * sum(r["cpu"] for r in runs) / max(done, 1)}
+    """Latency mean/p50/p99, throughput, errors and loop counters over runs of one mode."""
+    lat = np.array([x for r in runs for x in r["latencies"]] or [float("nan")])
+    return {"mean": float(lat.mean()), "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "rps": len(lat) / sum(r["wall"] for r in runs), "errors": sum(r["errors"] for r in runs),
+            "loops": sum(r["batches_run"] for r in runs), "steps": sum(r["steps_run"] for r in runs)}
 
 
 def _fmt(name: str, r: dict) -> str:
-    return (f"{name}: {r['rps']:.2f} req/s p50 {r['p50']:.2f}s p99 {r['p99']:.2f}s "
-            f"errors {r['errors']} batches {r['batches']} ({r['per_batch']:.1f} req/batch) "
-            f"cpu {r['cpu_ms']:.1f} ms/req")
+    return (f"{name}: mean {r['mean']:.3f}s p50 {r['p50']:.3f}s p99 {r['p99']:.3f}s {r['rps']:.2f} req/s "
+            f"errors {r['errors']} loops {r['loops']}" + (f" steps {r['steps']}" if r["steps"] else ""))
 
 
 def random_tiny_pipeline(device="cpu"):
@@ -116,14 +138,16 @@ def main() -> None:
     parser.add_argument("--model", default=None,
                         help="pipeline directory (default: random weights in the parti-tiny architecture)")
     parser.add_argument("--device", default="cpu", help="device for the pipeline (default cpu)")
-    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
-    parser.add_argument("--requests", type=int, default=4, help="requests per client (default 4)")
-    parser.add_argument("--max-batch", type=int, default=32, help="images per loop when batching (default 32)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="batched/one-at-a-time pairs, in alternating order (default 2)")
+    parser.add_argument("--rate", type=float, default=20.0, help="mean arrivals per second (default 20)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per run (default 200)")
+    parser.add_argument("--max-batch", type=int, default=16, help="image rows sampled together (default 16)")
+    parser.add_argument("--rounds", type=int, default=2, help="continuous/request pairs, alternating (default 2)")
+    parser.add_argument("--disconnect", type=float, default=0.25,
+                        help="fraction of clients that hang up mid-generation in the last run (default 0.25)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times (default 0)")
     args = parser.parse_args()
-    if args.max_batch < 2 or args.rounds < 1 or args.clients < 1 or args.requests < 1:
-        parser.error("--max-batch must be at least 2, and --rounds, --clients, --requests at least 1")
+    if args.rate <= 0 or args.requests < 1 or args.max_batch < 1 or args.rounds < 1 or not 0 <= args.disconnect < 1:
+        parser.error("--rate, --requests, --max-batch, --rounds must be positive and --disconnect in [0, 1)")
 
     from vqgen.pipelines import TextToImagePipeline
 
@@ -131,16 +155,28 @@ def main() -> None:
         pipe, model_name = TextToImagePipeline.from_pretrained(dir=args.model, device=args.device), args.model
     else:
         pipe, model_name = random_tiny_pipeline(args.device), "random parti-tiny"
-    runs = {args.max_batch: [], 1: []}
+    runs = {mode: [] for mode in MODES}
     for i in range(args.rounds):
-        for max_batch in ([args.max_batch, 1] if i % 2 == 0 else [1, args.max_batch]):
-            runs[max_batch].append(run(pipe, args.clients, args.requests, max_batch))
-            print(f"round {i + 1}, " + _fmt(f"max_batch={max_batch}", pool(runs[max_batch][-1:])), flush=True)
-    batched, single = pool(runs[args.max_batch]), pool(runs[1])
-    print(f"serve_load: {args.clients} clients x {args.requests} requests x {args.rounds} rounds, model {model_name} "
-          f"({pipe.image_size}px), {args.device} | {_fmt('batched', batched)} | {_fmt('one-at-a-time', single)} | "
-          f"batched/one-at-a-time throughput {batched['rps'] / single['rps']:.2f}x "
-          f"(CPU per request {single['cpu_ms'] / batched['cpu_ms']:.2f}x less)")
+        times = arrivals(args.requests, args.rate, args.seed + i)
+        for mode in (list(MODES) if i % 2 == 0 else list(MODES)[::-1]):
+            runs[mode].append(run(pipe, mode, args.max_batch, times))
+            print(f"round {i + 1}, " + _fmt(mode, pool(runs[mode][-1:])), flush=True)
+    cont, req = pool(runs["continuous"]), pool(runs["request"])
+
+    rng = random.Random(args.seed + 1000)
+    times = arrivals(args.requests, args.rate, args.seed + 1000)
+    leaving = rng.sample(range(args.requests), int(args.disconnect * args.requests))
+    hang_ups = {i: cont["p50"] * rng.uniform(0.2, 0.8) for i in leaving}
+    d = run(pipe, "continuous", args.max_batch, times, hang_ups)
+    lost = len(set(range(args.requests)) - set(leaving) - set(d["answered"]))  # staying clients not answered
+    print(f"disconnects: {d['hung_up']} of {args.requests} clients hung up ({d['requests_cancelled']} cancelled "
+          f"mid-run by the server), {len(d['latencies'])} answered, {lost} of the others lost, {d['errors']} errors",
+          flush=True)
+    print(f"serve_load: continuous_vs_batched_p99={req['p99'] / cont['p99']:.2f}x "
+          f"continuous_vs_batched_mean={req['mean'] / cont['mean']:.2f}x "
+          f"throughput {cont['rps']:.2f} vs {req['rps']:.2f} req/s (offered {args.rate:g}/s) lost_on_disconnect={lost} | "
+          f"{args.requests} Poisson requests x {args.rounds} rounds, max_batch {args.max_batch}, model {model_name} "
+          f"({pipe.image_size}px), {args.device} | {_fmt('continuous', cont)} | {_fmt('request', req)}")
 
 
 if __name__ == "__main__":

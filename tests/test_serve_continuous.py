@@ -36,16 +36,17 @@ def test_rows_joining_at_any_step_get_the_codes_of_their_own_call(family):
              for i, (c, g) in enumerate(zip(conds, guidance))]
     loop = ContinuousLoop(model, slots=7, config=config)
     joins, owner, got, step = {0: 0, 1: 3, 4: 4, 2: 5, 3: 40}, {}, {}, 0
-    while joins or loop.busy_slots:
+    while joins or loop.busy:
         for i, at in sorted(joins.items()):
-            if at <= step and len(loop.free_slots()) >= 2:
-                for row, slot in enumerate(loop.admit(conds[i], generator=image_generators(i, 2), guidance=guidance[i])):
-                    owner[slot] = (i, row)
+            if at <= step and loop.free >= 2:
+                for row, rid in enumerate(loop.admit(conds[i], generator=image_generators(i, 2), guidance=guidance[i])):
+                    owner[rid] = (i, row)
                 del joins[i]
-        if step == 9:  # request 4 leaves (its client went away); its slots are reused
-            loop.release([s for s, (i, _) in owner.items() if i == 4])
-        for slot, codes in loop.step():
-            got[owner.pop(slot)] = codes
+        if step == 9:  # request 4 leaves (its client went away); its slots are reused, rows move
+            loop.release([r for r, (i, _) in owner.items() if i == 4])
+        assert loop.busy == sum(1 for i, _ in owner.values() if i != 4 or step < 9)
+        for rid, codes in loop.step():
+            got[owner.pop(rid)] = codes
         step += 1
     assert sorted(got) == [(i, r) for i in (0, 1, 2, 3) for r in (0, 1)]
     for (i, row), codes in got.items():
@@ -55,12 +56,12 @@ def test_rows_joining_at_any_step_get_the_codes_of_their_own_call(family):
 def test_a_loop_without_guidance_and_a_full_loop():
     model = tiny_components("vim")["transformer"]  # unconditional: one row per slot
     loop = ContinuousLoop(model, slots=2, config=SamplingConfig(temperature=0.7))
-    assert loop.per_slot == 1
+    assert loop.per_slot == 1 and loop.busy == 0
     loop.admit(None, num=2, generator=image_generators(1, 2))
     with pytest.raises(Exception, match="do not fit"):
         loop.admit(None, num=1, generator=image_generators(2, 1))
     out = []
-    while loop.busy_slots:
+    while loop.busy:
         out += loop.step()
     expect = generate(model, None, num=2, config=SamplingConfig(temperature=0.7), generator=image_generators(1, 2))
     assert torch.equal(torch.stack([c for _, c in sorted(out)]), expect)

@@ -1,18 +1,20 @@
 """Continuous batching: one running decode loop that rows join and leave at any step.
 
     loop = ContinuousLoop(model, slots=8, config=settings)
-    slots = loop.admit(cond, generator=[g0, g1], guidance=torch.tensor([3.0, 3.0]))  # prefilled now
-    while loop.busy_slots:
-        for slot, codes in loop.step():          # rows whose image is done leave the loop
+    rows = loop.admit(cond, generator=[g0, g1], guidance=torch.tensor([3.0, 3.0]))  # row ids; prefilled now
+    while loop.busy:
+        for row, codes in loop.step():           # rows whose image is done leave the loop
             ...                                  # codes (*grid) long
+    loop.release(rows)                           # rows that leave early (a cancelled request)
 
-The cache is static: ``slots`` rows (with guidance two per slot, the conditional row of slot
-``i`` at ``2i`` and its null row at ``2i + 1``), each row at its own stream position
-(``cache.pos`` is (rows, 1), which the model families accept like the usual 0-d position). A
-request joining the loop is prefilled in a cache of its own, and its keys, values and condition
-memory are copied into free slots; from the next :meth:`ContinuousLoop.step` on it is picked and
-decoded with everyone else. A step computes only the slots up to the highest busy one (free slots
-are taken lowest first), so an emptying loop gets cheaper.
+The cache is static: ``slots`` slots of one image row each (with guidance two cache rows per slot,
+the conditional row of slot ``i`` at ``2i`` and its null row at ``2i + 1``), each row at its own
+stream position (``cache.pos`` is (rows, 1), which the model families accept like the usual 0-d
+position). A request joining the loop is prefilled in a cache of its own, and its keys, values and
+condition memory are copied into the first free slots; from the next
+:meth:`ContinuousLoop.step` on it is picked and decoded with everyone else. When rows leave, the
+last busy slots move into the freed ones (a copy of their cache rows and state), so the busy slots
+are always the first ones and a step computes exactly the rows in the loop.
 
 Randomness is the plan's (:func:`~vqgen.sampling.autoregressive.make_plan`): a request's
 uniforms are drawn from its own generators when it joins, and its guidance schedule runs on the
@@ -57,7 +59,7 @@ def _map2(big, small, fn) -> None:
 
 
 class ContinuousLoop:
-    """A decode loop with ``slots`` rows that requests join and leave step by step (module doc).
+    """A decode loop with ``slots`` image rows that requests join and leave step by step (module doc).
 
     ``config``: the settings every row shares (their ``batch_key``; guidance goes per request).
     ``clusters``: the (V,) codebook clusters for ``config.cluster``.
@@ -79,24 +81,21 @@ class ContinuousLoop:
         self.codes = torch.zeros(slots, n, dtype=torch.long, device=self.device)  # (S, N) prefix, then drawn codes
         self.first = torch.zeros(slots, dtype=torch.long, device=self.device)  # (S,) prefix length
         self.t = torch.zeros(slots, dtype=torch.long, device=self.device)  # (S,) codes drawn so far
-        self.steps = torch.zeros(slots, dtype=torch.long, device=self.device)  # (S,) codes to draw
-        self.busy = torch.zeros(slots, dtype=torch.bool, device=self.device)  # (S,)
         self.chain = config.processors(None if clusters is None else clusters.to(self.device))
         self.greedy = config.temperature == 0
-        self.park: int | None = None  # a valid position for free rows (after a prefill)
+        self.row_at: list[int] = []  # the row id in each busy slot: slots 0 .. busy-1
+        self.left: list[int] = []  # codes each busy slot still draws
+        self._next_id = 0
         self.steps_run = 0
 
-    # -- slots -------------------------------------------------------------------------------
     @property
-    def busy_slots(self) -> int:
-        return int(self.busy.sum())
+    def busy(self) -> int:
+        """Busy slots (image rows in the loop)."""
+        return len(self.row_at)
 
-    def free_slots(self) -> list[int]:
-        return (~self.busy).nonzero().flatten().tolist()
-
-    def release(self, slots: list[int]) -> None:
-        """Free ``slots`` (a request that left: cancelled); their rows stop counting at once."""
-        self.busy[torch.as_tensor(slots, dtype=torch.long, device=self.device)] = False
+    @property
+    def free(self) -> int:
+        return self.slots - self.busy
 
     def _rows(self, slots: torch.Tensor) -> torch.Tensor:
         """Cache rows of ``slots`` (K,): the conditional rows, then (with guidance) the null rows."""
@@ -104,17 +103,16 @@ class ContinuousLoop:
             return slots
         return torch.cat([2 * slots, 2 * slots + 1])  # (2K,)
 
-    # -- joining -----------------------------------------------------------------------------
+    # -- joining and leaving -----------------------------------------------------------------
     @torch.inference_mode()
     def admit(self, cond: Condition | None, num: int | None = None, generator: Generators = None,
               guidance: torch.Tensor | None = None) -> list[int]:
-        """Prefill a request's rows (arguments as for ``generate``) into free slots, lowest first;
-        returns the slots in row order. They are drawn from at the next :meth:`step`."""
+        """Prefill a request's rows (arguments as for ``generate``) into free slots; returns an id
+        per row, in row order. They are drawn from at the next :meth:`step`."""
         plan = make_plan(self.model, cond, num, self.config, generator, self.clusters, guidance)
-        free = self.free_slots()
-        if plan.batch > len(free):
-            raise VqgenError(f"{plan.batch} rows do not fit in the {len(free)} free slots of the loop")
-        slots = torch.tensor(free[:plan.batch], dtype=torch.long, device=self.device)  # (K,)
+        if plan.batch > self.free:
+            raise VqgenError(f"{plan.batch} rows do not fit in the {self.free} free slots of the loop")
+        slots = torch.arange(self.busy, self.busy + plan.batch, device=self.device)  # (K,)
         conds = plan.cond if self.per_slot == 1 else Condition.cat(
             [plan.cond, plan.null if plan.null is not None else plan.cond.null()])
         own = self.model.new_cache(plan.batch * self.per_slot, max_len=self.cache.max_len)
@@ -126,10 +124,12 @@ class ContinuousLoop:
         self.u[slots, :s] = plan.u
         self.scale[slots, :s] = 1.0 if plan.scale is None else plan.scale
         self.codes[slots, :k] = plan.prefix
-        self.first[slots], self.t[slots], self.steps[slots] = k, 0, s
-        self.busy[slots] = True
-        self.park = int(own.pos)
-        return slots.tolist()
+        self.first[slots], self.t[slots] = k, 0
+        ids = list(range(self._next_id, self._next_id + plan.batch))
+        self._next_id += plan.batch
+        self.row_at += ids
+        self.left += [s] * plan.batch
+        return ids
 
     def _copy_rows(self, own: KVCache, rows: torch.Tensor) -> None:
         """The request's cache (keys, values, condition memory, positions) into the loop's ``rows``."""
@@ -143,6 +143,31 @@ class ContinuousLoop:
                 setattr(self.cache, name, mine)
             _map2(mine, value, lambda b, s: b.index_copy_(0, rows, s))
 
+    @torch.inference_mode()
+    def release(self, ids: list[int]) -> None:
+        """Rows that leave before their image is done (a cancelled request): their slots are free at once."""
+        gone = set(ids)
+        self._leave([i for i, row in enumerate(self.row_at) if row in gone])
+
+    def _leave(self, slots: list[int], tok: torch.Tensor | None = None) -> None:
+        """Free ``slots``, moving the last busy slots into them (and ``tok``'s entries with them)."""
+        for slot in sorted(slots, reverse=True):
+            last = self.busy - 1
+            if slot != last:
+                self._move(last, slot, tok)
+            self.row_at.pop()
+            self.left.pop()
+
+    def _move(self, src: int, dst: int, tok: torch.Tensor | None) -> None:
+        """Slot ``src``'s row (cache rows, draws, codes, state) into slot ``dst``."""
+        s, d = self._rows(torch.tensor([src], device=self.device)), self._rows(torch.tensor([dst], device=self.device))
+        for name, value in vars(self.cache).items():
+            _map2(value, value, lambda t, _: t.index_copy_(0, d, t.index_select(0, s)))
+        self.logits[d] = self.logits[s]
+        for t in (self.u, self.scale, self.codes, self.first, self.t) + ((tok,) if tok is not None else ()):
+            t[dst] = t[src]
+        self.row_at[dst], self.left[dst] = self.row_at[src], self.left[src]
+
     # -- decoding ----------------------------------------------------------------------------
     def _view(self, slots: int) -> KVCache:
         """The loop's cache cut to its first ``slots`` slots (views: writes land in the loop's cache)."""
@@ -154,32 +179,27 @@ class ContinuousLoop:
 
     @torch.inference_mode()
     def step(self) -> list[tuple[int, torch.Tensor]]:
-        """Draw the next code of every busy row; feed them to the model. Returns ``(slot, codes
-        (*grid))`` for each row whose image is now complete (its slot is free again)."""
-        if not bool(self.busy.any()):
+        """Draw the next code of every row in the loop and feed them to the model. Returns ``(row
+        id, codes (*grid))`` for each row whose image is now complete; its slot is free again."""
+        n = self.busy
+        if n == 0:
             return []
-        top = int(self.busy.nonzero().max()) + 1  # slots 0..top-1 are computed
-        busy, t = self.busy[:top], self.t[:top]
-        logits = self.logits[: top * self.per_slot]  # (R', V)
-        at = t.clamp(max=self.u.shape[1] - 1)[:, None]  # (S', 1)
+        t = self.t[:n]
+        logits = self.logits[: n * self.per_slot]  # (R', V)
         if self.per_slot == 2:
-            pair = logits.view(top, 2, -1)  # (S', 2, V): conditional, null
-            logits = torch.lerp(pair[:, 1], pair[:, 0], self.scale[:top].gather(1, at))  # (S', V)
-        logits = self.chain(logits, None)  # (S', V)
-        tok = greedy(logits) if self.greedy else sample_from(logits, self.u[:top].gather(1, at).squeeze(1))  # (S',)
-        tok = torch.where(busy, tok, 0)  # (S',): free rows feed code 0 (and write it to their own unused row)
-        where = (self.first[:top] + t).clamp(max=self.codes.shape[1] - 1)[:, None]  # (S', 1)
-        self.codes[:top].scatter_(1, where, tok[:, None])
-        t += busy.long()
-        done = busy & (t == self.steps[:top])  # (S',)
-        finished = [(int(s), self.codes[s].view(*self.model.grid).clone()) for s in done.nonzero().flatten()]
-        self.busy[:top] &= ~done
+            pair = logits.view(n, 2, -1)  # (n, 2, V): conditional, null
+            logits = torch.lerp(pair[:, 1], pair[:, 0], self.scale[:n].gather(1, t[:, None]))  # (n, V)
+        logits = self.chain(logits, None)  # (n, V)
+        tok = greedy(logits) if self.greedy else sample_from(logits, self.u[:n].gather(1, t[:, None]).squeeze(1))  # (n,)
+        self.codes[:n].scatter_(1, (self.first[:n] + t)[:, None], tok[:, None])
+        t += 1
+        self.left = [x - 1 for x in self.left]
+        done = [i for i, x in enumerate(self.left) if x == 0]
+        finished = [(self.row_at[i], self.codes[i].view(*self.model.grid).clone()) for i in done]
+        self._leave(done, tok)
         self.steps_run += 1
-        if bool(self.busy.any()):
-            top = int(self.busy.nonzero().max()) + 1
-            free = ~self.busy[:top]
-            if bool(free.any()):  # free rows sit at a valid position, so they never run off the cache
-                self.cache.pos[self._rows(free.nonzero().flatten())] = self.park
-            feed = tok[:top].repeat_interleave(self.per_slot)  # (R',): a slot's code for its null row too
-            self.logits[: top * self.per_slot] = self.model.decode_step(feed, self._view(top))
+        if self.busy:
+            n = self.busy
+            feed = tok[:n].repeat_interleave(self.per_slot)  # (R',): a slot's code for its null row too
+            self.logits[: n * self.per_slot] = self.model.decode_step(feed, self._view(n))
         return finished

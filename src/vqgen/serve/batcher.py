@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,7 @@ class Job:
     result: asyncio.Future = field(default=None, repr=False)  # set by Batcher.submit
     enqueued_at: float = 0.0
     # in a continuous loop (set by the worker thread when the job joins)
-    slots: list[int] | None = field(default=None, repr=False)  # the loop slots of its rows, in row order
+    row_ids: list[int] | None = field(default=None, repr=False)  # the loop's ids of its rows, in row order
     label: str = ""  # the prompt as the pipeline takes it (validate_prompt)
     cond: Any = field(default=None, repr=False)  # its rows' Condition
     generators: list | None = field(default=None, repr=False)  # one per image
@@ -105,6 +106,7 @@ class Batcher:
         self._pending: deque[Job] = deque()
         self._running: list[Job] = []  # jobs in the continuous loop
         self._leaving: list[Job] = []  # cancelled jobs whose slots the next step frees
+        self._news = threading.Event()  # set on a new or cancelled request: the loop comes back between steps
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -146,6 +148,7 @@ class Batcher:
         job.enqueued_at = time.monotonic()
         self._pending.append(job)
         self._wakeup.set()
+        self._news.set()
         return job.result
 
     def cancel(self, job: Job, reason: str = "cancelled") -> None:
@@ -160,6 +163,7 @@ class Batcher:
         elif job in self._running:
             self._running.remove(job)
             self._leaving.append(job)
+            self._news.set()
         if not job.result.done():
             job.result.cancel()
             self.stats[f"requests_{reason}"] += 1
@@ -286,6 +290,7 @@ class Batcher:
         number, started = self.stats["batches_run"], False
         try:
             while True:
+                self._news.clear()
                 admit = self._admissions(key)
                 if not self._running and not admit:
                     break
@@ -300,15 +305,15 @@ class Batcher:
                 self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], len(self._running))
                 self.stats["max_batch_images"] = max(self.stats["max_batch_images"], rows)
                 try:
-                    failed, finished = await loop.run_in_executor(self._executor, self._advance, engine, admit,
-                                                                  leaving, list(self._running))
+                    steps, failed, finished = await loop.run_in_executor(self._executor, self._advance, engine, admit,
+                                                                         leaving, list(self._running))
                 except Exception as e:  # the loop itself failed: every job in it gets the error
                     log.exception("loop %d failed", number)
                     self._fail(self._running, e)
                     self._running = []
                     break
                 started = True
-                self.stats["steps_run"] += 1
+                self.stats["steps_run"] += steps
                 for job, error in failed:
                     self._fail([job], error)
                 for job, pngs in finished:
@@ -335,30 +340,36 @@ class Batcher:
                 self.stats["requests_failed"] += 1
 
     def _advance(self, engine, admit: list[Job], leaving: list[Job], running: list[Job]):
-        """Worker thread: free the slots of jobs that left, prefill the joining ones, run one
-        decode step, and make PNGs of the jobs whose images are done. Returns (failed jobs with
-        their error, finished jobs with their PNGs)."""
-        failed, finished = [], []
+        """Worker thread: free the slots of jobs that left, prefill the joining ones, then run decode
+        steps until a job's images are done or a request arrives or leaves (``_news``), and make
+        PNGs of the finished jobs. Returns (steps run, failed jobs with their error, finished jobs
+        with their PNGs)."""
+        failed, finished, steps = [], [], 0
         with torch.inference_mode():
             for job in leaving:
-                if job.slots is not None:
-                    engine.release(job.slots)
+                if job.row_ids is not None:
+                    engine.release(job.row_ids)
             for job in admit:
                 try:
                     self._join(engine, job)
                 except Exception as e:  # this request only (its prompt, its settings)
                     log.exception("a request could not join the loop")
                     failed.append((job, e))
-            done = dict(engine.step())
+            done = {}
+            while engine.busy and not done:
+                done = dict(engine.step())
+                steps += 1
+                if self._news.is_set():
+                    break
             for job in running:
-                if job.slots is None or not all(s in done for s in job.slots):
+                if job.row_ids is None or not all(r in done for r in job.row_ids):
                     continue
                 try:
-                    finished.append((job, self._finish(job, torch.stack([done[s] for s in job.slots]))))
+                    finished.append((job, self._finish(job, torch.stack([done[r] for r in job.row_ids]))))
                 except Exception as e:
                     log.exception("the images of a request could not be made")
                     failed.append((job, e))
-        return failed, finished
+        return steps, failed, finished
 
     def _join(self, engine, job: Job) -> None:
         """Prefill ``job``'s rows into the loop, as the pipeline would condition and seed them."""
@@ -366,7 +377,7 @@ class Batcher:
         job.cond = self.pipe.condition([job.label] * job.rows, self.device)
         job.generators = image_generators(job.seed, job.n, self.device)
         k = job.settings.rerank
-        job.slots = engine.admit(job.cond, generator=[g for g in job.generators for _ in range(k)],
+        job.row_ids = engine.admit(job.cond, generator=[g for g in job.generators for _ in range(k)],
                                  guidance=job.settings.row_guidance(None, job.rows, 1))
 
     def _finish(self, job: Job, codes: torch.Tensor) -> list[bytes]:
