@@ -14,19 +14,23 @@ def stream_mask(q_pos: torch.Tensor, k_len: int, text_len: int = 0, text_bias: f
 
     Returns bool (T, k_len) (True = may attend) or, with a ``text_bias``, a float additive mask
     where scores from image queries (position >= ``text_len``) to text keys get ``+text_bias``
-    (CogView2's textual-attention constant) and forbidden keys get -inf.
+    (CogView2's textual-attention constant) and forbidden keys get -inf. With positions per row,
+    ``q_pos`` (B, T) (a cache whose rows are at different positions), the mask is (B, 1, T, k_len).
     """
     k_pos = torch.arange(k_len, device=q_pos.device)  # (Tk,)
-    allowed = k_pos[None, :] <= q_pos[:, None]  # (T, Tk)
+    allowed = k_pos <= q_pos[..., None]  # (T, Tk) or (B, T, Tk)
     if text_bias == 0.0:
-        return allowed
-    bias = ((q_pos[:, None] >= text_len) & (k_pos[None, :] < text_len)).float() * text_bias  # (T, Tk)
-    return bias.masked_fill(~allowed, float("-inf"))
+        mask = allowed
+    else:
+        bias = ((q_pos[..., None] >= text_len) & (k_pos < text_len)).float() * text_bias  # (T, Tk) or (B, T, Tk)
+        mask = bias.masked_fill(~allowed, float("-inf"))
+    return mask if q_pos.dim() == 1 else mask[:, None]  # (T, Tk) or (B, 1, T, Tk)
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention (SDPA). With ``kv=(k_buf, v_buf)`` the new keys/values are written
-    into the cache buffers (B, H, T_max, Dh) at ``pos`` and attention runs over the whole buffer."""
+    into the cache buffers (B, H, T_max, Dh) at ``pos`` and attention runs over the whole buffer;
+    ``pos`` is 0-d (every row at the same position) or (B, 1) (each row at its own)."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
@@ -40,9 +44,14 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
         if kv is not None:
             k_buf, v_buf = kv
-            idx = pos + torch.arange(t, device=x.device)  # (T,)
-            k_buf.index_copy_(2, idx, k.to(k_buf.dtype))
-            v_buf.index_copy_(2, idx, v.to(v_buf.dtype))
+            idx = pos + torch.arange(t, device=x.device)  # (T,) or (B, T)
+            if idx.dim() == 1:
+                k_buf.index_copy_(2, idx, k.to(k_buf.dtype))
+                v_buf.index_copy_(2, idx, v.to(v_buf.dtype))
+            else:
+                at = idx[:, None, :, None].expand(-1, self.heads, -1, k.shape[-1])  # (B, H, T, Dh)
+                k_buf.scatter_(2, at, k.to(k_buf.dtype))
+                v_buf.scatter_(2, at, v.to(v_buf.dtype))
             k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, H, T_max, Dh)
             causal = False
         p = self.dropout if self.training else 0.0
