@@ -68,6 +68,10 @@ def test_time_and_identity_errors_fail():
     flicker = frames.copy()
     flicker[len(frames) // 2] = 255                                         # one blank frame mid-clip
     assert not score_clip(flicker, move).criteria["consistency"]
+    misread_end = frames.copy()
+    misread_end[-1] = 255                                                   # the last frame lost: an object error,
+    verdict = score_clip(misread_end, move)                                 # the move itself was seen
+    assert not verdict.criteria["object"] and verdict.criteria["action"]
 
 
 def test_two_objects_each_scored():

@@ -15,11 +15,13 @@ No learned model and no timing needed (it scores 5 key frames, 17 interpolated f
                     changer in its old colour first and its new one last, either or neither in
                     between, as it fades), in an allowed colour, at most once, of the named size
                     (for grow/shrink: the start size in the first frame).
-   ``action``       move: the centroid travels at least ``MOVE_MIN`` of the frame side from the
-                    first frame to the last along the direction, less than ``MAX_PERP`` of that
-                    across; grow/shrink: the last size over the first (or the reverse) at least
-                    ``GROWTH_MIN``; change color: old colour first, new colour last; appear /
-                    disappear: absent then present / present then absent.
+   ``action``       start against end: for appear / disappear the first and last frames
+                    (absent then present / present then absent); for the others the earliest
+                    sighting in the first quarter of the frames against the latest in the last
+                    quarter (a misread end frame already fails ``object``). Move: the centroid
+                    travels at least ``MOVE_MIN`` of the frame side along the direction, less
+                    than ``MAX_PERP`` of that across; grow/shrink: end size over start size (or
+                    the reverse) at least ``GROWTH_MIN``; change color: old colour, then new.
    ``consistency``  identity and size stable where they should be: visible in one unbroken run
                     (all frames, a suffix when appearing, a prefix when disappearing, old colour
                     a prefix and new a suffix when changing); a still object's centroid within
@@ -156,7 +158,13 @@ def _judge(obj: dict, track: list[Detection | None], counts: list[int],
             ok &= d.size == START_SIZE[action]
         frame_ok.append(bool(ok))
     object_ok = all(frame_ok)
-    # -- action, first frame against last
+    # -- action: the start against the end (appear/disappear: the first and last frames exactly; the
+    # others: the earliest sighting in the first quarter against the latest in the last quarter, so a
+    # misread end frame counts against `object` and not twice)
+    if kind != "presence":
+        edge = (T - 1) // 4
+        first = next((d for d in track[:edge + 1] if d is not None), None)
+        last = next((d for d in reversed(track[T - 1 - edge:]) if d is not None), None)
     if kind == "move":
         ux, uy = MOVES[action]
         ok = first is not None and last is not None
