@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "vqgen.pipelines.cli",
     "vqgen.video.cli",  # `vqgen video encode|train|build|generate|eval` (CogVideo)
     "vqgen.pipelines.edit_cli",  # `vqgen edit` (CogLM text-guided editing) and `vqgen eval edits`
+    "vqgen.scale_cli",  # `vqgen plan` (memory/throughput per GPU) and `vqgen export` (sharded checkpoint -> model)
 ]
 
 
