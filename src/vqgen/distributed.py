@@ -96,21 +96,23 @@ class _ShardInvariantInit(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        target = args[0] if args else None
-        name = self.names.get(id(target))
-        if name is None:
-            return func(*args, **kwargs)
-        if getattr(func, "__module__", None) != "torch.nn.init" and func not in _RANDOM_FILLS:
-            if func in _WRITES:
+        is_init = getattr(func, "__module__", None) == "torch.nn.init"
+        if is_init and not args and "tensor" in kwargs:  # nn.init hands its tensor over by keyword
+            kwargs = dict(kwargs)
+            args = (kwargs.pop("tensor"),)
+        name = self.names.get(id(args[0])) if args else None
+        if name is None or not (is_init or func in _RANDOM_FILLS):
+            if name is not None and func in _WRITES:
                 self.written.add(name)
             return func(*args, **kwargs)
+        target, args = args[0], args[1:]
         self.written.add(name)
         k = self.calls.get(name, 0)
         self.calls[name] = k + 1
         if func in _RANDOM_FILLS or "generator" in inspect.signature(func).parameters:
             kwargs = {**kwargs, "generator": torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{name}:{k}".encode()))}
         full = torch.empty(tuple(target.shape), dtype=torch.float32)
-        func(full, *args[1:], **kwargs)  # the whole parameter, on CPU
+        func(full, *args, **kwargs)  # the whole parameter, on CPU
         if hasattr(target, "to_local"):  # a DTensor shard: keep this rank's part of the whole
             from torch.distributed.tensor import distribute_tensor
 

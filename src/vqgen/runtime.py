@@ -85,17 +85,21 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the ``torchrun`` process group if the environment names one (gloo on CPU, nccl on GPU)."""
+def init_distributed(device: str = "auto", group: bool = False) -> DistInfo:
+    """Join the ``torchrun`` process group if the environment names one (gloo on CPU, nccl on GPU);
+    with ``group`` (FSDP) also a one-process group when run without torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or group) and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend)
+        if world > 1:
+            dist.init_process_group(backend=backend)
+        else:  # one process: an in-memory store, no address to agree on
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
@@ -188,10 +192,17 @@ class EpochBatches:
             self.epoch, self.index = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return {"epoch": self.epoch, "index": self.index, "items": self.index * self.batch_size * self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """The position, also when written with another number of ranks (or batch size): the
+        same items of the epoch count as read, which must be a whole number of batches here."""
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        items, global_bs = int(state.get("items", self.index * self.batch_size * self.world_size)), self.batch_size * self.world_size
+        if items % global_bs:
+            raise VqgenError(f"the resumed run had read {items} items of its epoch, not a whole number of "
+                             f"batches of {self.batch_size} x {self.world_size} ranks")
+        self.index = items // global_bs
 
 
 # ----------------------------------------------------------------------------- logging
@@ -285,6 +296,52 @@ def save_checkpoint(run_dir: str | Path, step: int, components: dict[str, Any], 
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_sharded_checkpoint(run_dir: str | Path, step: int, write_shards: Callable[[Path], None],
+                            components: dict[str, Any], resume: dict[str, Any], is_main: bool, keep: int = 2) -> Path:
+    """The sharded form of :func:`save_checkpoint`, called on every rank: ``write_shards(dir)``
+    (collective: each rank writes its shard, e.g. :func:`vqgen.distributed.save_sharded`) into
+    ``step-N/dcp/``; rank 0 adds each component's config (``save_component_config``) and
+    ``resume.pt``, renames the finished directory into place and moves ``latest``."""
+    from vqgen.distributed import DCP_DIR, save_component_config
+
+    ckpt_root = Path(run_dir) / "checkpoints"
+    name = f"step-{step:07d}"
+    tmp, final = ckpt_root / f".{name}.tmp", ckpt_root / name
+    if is_main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    _barrier()
+    write_shards(tmp / DCP_DIR)
+    _barrier()
+    if is_main:
+        for comp_name, model in components.items():
+            save_component_config(model, tmp / comp_name)
+        atomic_torch_save(resume, tmp / RESUME_NAME)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(ckpt_root / "latest", name + "\n")
+        done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def is_sharded(checkpoint: str | Path) -> bool:
+    """True for a checkpoint written by :func:`save_sharded_checkpoint`."""
+    from vqgen.distributed import DCP_DIR
+
+    return (Path(checkpoint) / DCP_DIR).is_dir()
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -35,13 +35,16 @@ from torch import nn
 from vqgen.data.captions import CaptionBank, caption_lists
 from vqgen.data.image import image_grid
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.runtime import (DistInfo, EpochBatches, RunLogger, autocast, cleanup_distributed, freeze,
-                           init_distributed, load_weights, lr_factor, metrics_bytes, model_dir, progress,
+from vqgen import distributed as fsdp
+from vqgen.runtime import (CheckpointError, DistInfo, EpochBatches, RunLogger, autocast, cleanup_distributed, freeze,
+                           init_distributed, is_sharded, load_weights, lr_factor, metrics_bytes, model_dir, progress,
                            report_skips, requested_config, resolve_run_config, resume_from, rng_state,
-                           save_checkpoint, save_final, save_run_config, seed_everything, set_lr, set_rng_state)
+                           save_checkpoint, save_final, save_run_config, save_sharded_checkpoint, seed_everything,
+                           set_lr, set_rng_state)
 from vqgen.transformer import build_model
 from vqgen.transformer.base import Condition, TokenModel
 from vqgen.transformer.config import FAMILY, RunConfig
+from vqgen.transformer.layers import init_weights
 
 
 @dataclass
@@ -247,7 +250,8 @@ class SampleGrids:
 # ----------------------------------------------------------------------------- one process's run
 @dataclass
 class Run:
-    """What one training process holds: the model, its wrappers and optimizer, and the position."""
+    """What one training process holds: the model, its wrappers and optimizer, and the position.
+    ``accum`` is ``train.grad_accum``, or more after resuming on fewer ranks (the global batch is kept)."""
 
     cfg: RunConfig
     env: DistInfo
@@ -260,6 +264,98 @@ class Run:
     step: int = 0
     skipped: int = 0
     bad_in_row: int = 0
+    accum: int = 1
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.accum * self.env.world_size
+
+
+def bf16_params(t, device: torch.device) -> bool:
+    """Whether FSDP gathers parameters in bfloat16 (``precision`` bf16, or auto on a bf16 GPU);
+    autocast is then off, the policy does the casting."""
+    if not t.fsdp or t.precision == "fp32":
+        return False
+    return t.precision == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def init_token_model(model: TokenModel) -> None:
+    """What a family's constructor does after building its layers: :func:`init_weights` and
+    N(0, 0.02) for the model's own parameters (start slot, text positions); for models built on meta."""
+    init_weights(model, model.config.depth)
+    for p in model._parameters.values():
+        nn.init.normal_(p, 0.0, 0.02)
+
+
+def _resumed_accum(t, env: DistInfo, state: dict | None) -> int:
+    """Micro-batches per step: ``grad_accum``, scaled so a run resumed on another number of ranks
+    keeps its global batch (a one-line error when it cannot)."""
+    if state is None or "global_batch" not in state:
+        return t.grad_accum
+    want = int(state["global_batch"])
+    if want % (t.batch_size * env.world_size):
+        raise ConfigError(f"the run's global batch is {want}; {env.world_size} ranks x train.batch_size="
+                          f"{t.batch_size} cannot make it up (resume on a number of ranks that divides it)")
+    return want // (t.batch_size * env.world_size)
+
+
+def _restore_position(run: Run, state: dict, t) -> None:
+    run.batches.load_state_dict(state["batches"])
+    run.step, run.skipped = int(state["step"]), int(state["skipped"])
+    rngs = state["rng"]
+    if len(rngs) == run.env.world_size:
+        set_rng_state(rngs[run.env.rank])
+    else:
+        seed_everything(t.seed + 1000 * run.env.rank + run.step)
+
+
+def build_sharded_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train: int) -> Run:
+    """FSDP2: the model is built on the meta device, its blocks (and text encoder blocks) and
+    then the whole are sharded, and each rank materialises and initialises its shard (the same
+    weights on any number of ranks). Resumes from a sharded checkpoint on any number of ranks."""
+    t, device = cfg.train, env.device
+    seed_everything(t.seed)
+    model = fsdp.on_meta(lambda: build_model(cfg.model))
+    model.text_tokenizer = text_tok if hasattr(model, "tokenize") else None
+    frozen = freeze(model, t.freeze) if t.freeze else []
+    if env.is_main and frozen:
+        print(f"vqgen: {len(frozen)} of {len(list(model.parameters()))} parameter tensors frozen")
+    units = list(getattr(model, "encoder", [])) + list(model.blocks)
+    if t.activation_checkpointing:
+        fsdp.checkpoint_activations(units)
+    loss_mod = LossModule(model)
+    fsdp.shard(loss_mod, units, bf16=bf16_params(t, device), reduce_dtype=t.reduce_dtype)
+    fsdp.materialize(loss_mod, device, t.seed, lambda _: init_token_model(model))
+    opt = make_optimizer(model, t)
+
+    def restore(ckpt: Path, state: dict) -> None:
+        if not is_sharded(ckpt):
+            raise CheckpointError(f"{ckpt} is not a sharded checkpoint (the run was not trained with train.fsdp)")
+        shards = {"model": fsdp.model_state(model), "optim": fsdp.optim_state(model, opt)}
+        fsdp.load_sharded(ckpt / fsdp.DCP_DIR, shards)
+        fsdp.set_model_state(model, shards["model"])
+        fsdp.set_optim_state(model, opt, shards["optim"])
+
+    state = resume_from(run_dir, restore, env.is_main)
+    if state is None and t.init_from:
+        _load_full(model, model_dir(t.init_from), env)
+    run = Run(cfg, env, model, loss_mod, torch.compile(loss_mod) if t.compile else loss_mod, opt,
+              EpochBatches(num_train, t.batch_size, seed=t.seed, rank=env.rank, world_size=env.world_size),
+              accum=_resumed_accum(t, env, state))
+    if state is not None:
+        _restore_position(run, state, t)
+    return run
+
+
+def _load_full(model: TokenModel, directory: Path, env: DistInfo) -> None:
+    """A saved model's weights into a sharded model: rank 0 reads the file, each rank keeps its shard."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from vqgen.io import WEIGHTS_NAME
+
+    full = load_file(str(directory / WEIGHTS_NAME)) if env.is_main else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train: int) -> Run:
@@ -268,6 +364,8 @@ def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     t, device = cfg.train, env.device
+    if t.fsdp:
+        return build_sharded_run(cfg, env, run_dir, text_tok, num_train)
     seed_everything(t.seed)
     model = build_model(cfg.model)
     model.text_tokenizer = text_tok if hasattr(model, "tokenize") else None
@@ -287,52 +385,44 @@ def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train:
     frozen = freeze(model, t.freeze) if t.freeze else []
     if env.is_main and frozen:
         print(f"vqgen: {len(frozen)} of {len(list(model.parameters()))} parameter tensors frozen")
+    if t.activation_checkpointing:
+        fsdp.checkpoint_activations(list(getattr(model, "encoder", [])) + list(model.blocks))
     model.to(device)
     ema = ema.to(device) if ema is not None else None
     loss_mod: nn.Module = LossModule(model)
-    if t.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for blk in list(getattr(model, "encoder", [])) + list(model.blocks):
-            fully_shard(blk)
-        fully_shard(loss_mod)
-    elif env.distributed:
+    if env.distributed:
         loss_mod = nn.parallel.DistributedDataParallel(loss_mod, device_ids=[device] if device.type == "cuda" else None)
     opt = make_optimizer(model, t)
     run = Run(cfg, env, model, loss_mod, torch.compile(loss_mod) if t.compile else loss_mod, opt,
-              EpochBatches(num_train, t.batch_size, seed=t.seed, rank=env.rank, world_size=env.world_size), ema)
+              EpochBatches(num_train, t.batch_size, seed=t.seed, rank=env.rank, world_size=env.world_size), ema,
+              accum=_resumed_accum(t, env, state))
     if state is not None:
         set_optimizer_state_dict(loss_mod, opt, optim_state_dict=state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True))
-        run.batches.load_state_dict(state["batches"])
-        run.step, run.skipped = int(state["step"]), int(state["skipped"])
-        rngs = state["rng"]
-        if len(rngs) == env.world_size:
-            set_rng_state(rngs[env.rank])
-        else:
-            seed_everything(t.seed + 1000 * env.rank + run.step)
+        _restore_position(run, state, t)
     return run
 
 
 def train_step(run: Run, data: TrainData, batches, device) -> tuple[dict, bool, int]:
     """One optimisation step over ``grad_accum`` micro-batches: (metrics row, stepped?, rows seen).
     A non-finite loss or gradient norm on any rank skips the step for all of them."""
-    t = run.cfg.train
+    t, accum = run.cfg.train, run.accum
     lr = set_lr(run.opt, step_lr(run.step, t))
     run.opt.zero_grad(set_to_none=True)
     loss_sum, local_bad, sums, rows = 0.0, 0.0, {}, 0
-    for micro in range(t.grad_accum):
+    precision = "fp32" if bf16_params(t, device) else t.precision  # the FSDP policy casts instead
+    for micro in range(accum):
         codes, cond = data.batch(data.train_idx[next(batches)], device, draw=(run.step, micro))  # (B, N), cond
         cond = cond.drop(t.cond_dropout)
-        sync_off = isinstance(run.loss_mod, nn.parallel.DistributedDataParallel) and micro < t.grad_accum - 1
-        with (run.loss_mod.no_sync() if sync_off else contextlib.nullcontext()), autocast(device, t.precision):
+        sync_off = isinstance(run.loss_mod, nn.parallel.DistributedDataParallel) and micro < accum - 1
+        with (run.loss_mod.no_sync() if sync_off else contextlib.nullcontext()), autocast(device, precision):
             loss, metrics = run.step_fn(codes, cond)
         if not torch.isfinite(loss):
             local_bad = 1.0
-        (loss / t.grad_accum).backward()
-        loss_sum += float(loss.detach()) / t.grad_accum
+        (loss / accum).backward()
+        loss_sum += float(loss.detach()) / accum
         for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accum
+            sums[k] = sums.get(k, 0.0) + float(v) / accum
         rows += codes.shape[0]
     gnorm = _full_norm(nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf")))
     flags = torch.tensor([loss_sum, local_bad], dtype=torch.float64, device=device)
@@ -363,7 +453,7 @@ def evaluate(run: Run, data: TrainData, device) -> float:
     t = run.cfg.train
     run.loss_mod.eval()
     total, n = 0.0, 0
-    with torch.no_grad(), autocast(device, t.precision):
+    with torch.no_grad(), autocast(device, "fp32" if bf16_params(t, device) else t.precision):
         for i in range(0, min(len(data.val_idx), t.val_batches * t.batch_size), t.batch_size):
             codes, cond = data.batch(data.val_idx[i:i + t.batch_size], device)
             _, metrics = run.loss_mod(codes, cond)
@@ -397,33 +487,55 @@ def evaluate_infill(run: Run, data: TrainData, device) -> dict:
 
 
 def _full_state(run: Run) -> dict:
-    """The full (gathered) model state dict; collective under FSDP."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(run.loss_mod, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    """The full (gathered) model state dict, on rank 0; collective under FSDP."""
+    full = fsdp.full_state(run.loss_mod)
     return {k.removeprefix("model."): v for k, v in full.items()}
+
+
+def _rng_states(run: Run) -> list:
+    """Every rank's RNG state, in rank order (collective when distributed)."""
+    if not dist.is_initialized():
+        return [rng_state()]
+    rngs = [None] * run.env.world_size
+    dist.all_gather_object(rngs, rng_state())
+    return rngs
+
+
+def _position(run: Run, run_dir: Path) -> dict:
+    return {"batches": run.batches.state_dict(), "step": run.step, "skipped": run.skipped,
+            "global_batch": run.global_batch, "metrics_bytes": metrics_bytes(run_dir)}
+
+
+def checkpoint_sharded(run: Run, run_dir: Path) -> None:
+    """Write ``checkpoints/step-N/dcp/``: each rank its shard of the weights and optimizer state
+    (DCP), rank 0 the model config and ``resume.pt``; no rank gathers the whole model."""
+    local_ok = all(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in run.model.parameters())
+    ok = torch.tensor([float(local_ok)])
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if not ok.item():
+        raise VqgenError(f"step {run.step}: weights are not finite; no checkpoint written")
+    shards = {"model": fsdp.model_state(run.model), "optim": fsdp.optim_state(run.model, run.opt)}
+    resume = {**_position(run, run_dir), "rng": _rng_states(run)}
+    save_sharded_checkpoint(run_dir, run.step, lambda where: fsdp.save_sharded(where, shards), {"model": run.model},
+                            resume, run.env.is_main)
 
 
 def checkpoint(run: Run, run_dir: Path) -> None:
     """Write ``checkpoints/step-N`` (all ranks take part: FSDP gathers, every rank's RNG is kept)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    if run.cfg.train.fsdp:
+        return checkpoint_sharded(run, run_dir)
     full = _full_state(run)
     optim = get_optimizer_state_dict(run.loss_mod, run.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    rngs = [None] * run.env.world_size
-    if run.env.distributed:
-        dist.all_gather_object(rngs, rng_state())
-    else:
-        rngs = [rng_state()]
+    rngs = _rng_states(run)
     if run.env.is_main:
         if not all(torch.isfinite(v).all() for v in full.values() if v.is_floating_point()):
             raise VqgenError(f"step {run.step}: weights are not finite; no checkpoint written")
         comps = {"model": _plain_copy(run.cfg, full)}
         if run.ema is not None:
             comps["ema"] = run.ema
-        save_checkpoint(run_dir, run.step, comps, {
-            "optimizer": optim, "batches": run.batches.state_dict(), "step": run.step, "skipped": run.skipped,
-            "rng": rngs, "metrics_bytes": metrics_bytes(run_dir)})
+        save_checkpoint(run_dir, run.step, comps, {"optimizer": optim, "rng": rngs, **_position(run, run_dir)})
     if run.env.distributed:
         dist.barrier()
 
@@ -434,7 +546,7 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
     """Train (or resume) a token transformer on CODES into RUN; returns the final figures."""
     run_dir = Path(run_dir)
     cfg, resuming = resolve_config(run_dir, preset, overrides or [], steps)
-    env = init_distributed(cfg.train.device)
+    env = init_distributed(cfg.train.device, group=cfg.train.fsdp)
     try:
         cfg, data, info, text_tok = prepare(cfg, codes_dir, run_dir, resuming, _text_tokenizer(cfg, resuming, text_tokenizer))
         if resuming:
@@ -442,8 +554,6 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
         t, device = cfg.train, env.device
         if t.fsdp and t.ema_decay > 0:
             raise ConfigError("train.ema_decay with train.fsdp=true is not supported")
-        if t.fsdp and not env.distributed:
-            raise ConfigError("train.fsdp=true needs several processes (run under torchrun)")
         if env.is_main:
             save_run_config(cfg, run_dir)
             if text_tok is not None:
