@@ -1,0 +1,61 @@
+"""Sharded checkpoints (torch.distributed.checkpoint): written by 2 FSDP ranks, resumed on 1 rank
+with the same loss as the uninterrupted run; `vqgen export` makes one safetensors model of them."""
+import json
+import shutil
+
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from vqgen.cli import main as cli_main
+
+from tests.test_fsdp import SETS, free_port, join_group
+from tests.test_train import make_codes
+from tests.tolerances import EPS, assert_same_sgd_step
+
+
+def _train(rank: int, world: int, port: int, codes: str, run: str) -> None:
+    join_group(rank, world, port)
+    from vqgen.transformer.train import train
+
+    train(codes, run, preset="vim-tiny", steps=3, show_progress=False,
+          overrides=SETS + ["train.batch_size=4", "train.ckpt_every=2", "train.log_every=1"])
+
+
+def losses(run) -> dict[int, float]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_two_rank_sharded_checkpoint_resumes_on_one_rank_with_the_same_loss(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes")
+    straight = tmp_path / "straight"
+    mp.spawn(_train, args=(2, free_port(), str(codes), str(straight)), nprocs=2, join=True)
+    step2 = straight / "checkpoints" / "step-0000002"
+    assert sorted(p.name for p in (step2 / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (step2 / "model" / "model.safetensors").exists()  # shards only: no rank gathered the model
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-0000003")
+    shutil.rmtree(resumed / "model")
+    (resumed / "checkpoints" / "latest").write_text("step-0000002\n")
+    mp.spawn(_train, args=(1, free_port(), str(codes), str(resumed)), nprocs=1, join=True)
+
+    # step 3 starts from the restored step-2 weights, on the same 8 records (4 x 2 ranks = 4 x 2
+    # micro-batches): the losses differ only by float summation order (the 8 x 16 code terms of
+    # the mean, and the dim- and codebook-long sums inside each term)
+    a, b = losses(straight), losses(resumed)
+    assert sorted(b) == [1, 2, 3]  # metrics.jsonl cut back to step 2, then step 3 once
+    d, k = 64, 32
+    assert abs(a[3] - b[3]) <= (8 * 16 + d + k) * EPS * abs(a[3]), (a[3], b[3])
+    assert a[1] == b[1] and a[2] == b[2]
+
+    # the step-2 weights, exported from the 2-rank shards in one process
+    assert cli_main(["export", str(straight), "--step", "2", "--out", str(tmp_path / "w2")]) == 0
+    assert "exported" in capsys.readouterr().out
+    w2 = load_file(str(tmp_path / "w2" / "model.safetensors"))
+    assert (tmp_path / "w2" / "config.json").is_file()
+    one, two = (load_file(str(r / "model" / "model.safetensors")) for r in (resumed, straight))
+    assert_same_sgd_step(one, two, w2, terms=8 * 16)
+    assert cli_main(["export", str(tmp_path / "codes"), "--out", str(tmp_path / "x")]) == 2
