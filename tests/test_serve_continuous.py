@@ -160,3 +160,10 @@ def test_seeded_images_equal_the_request_batching_path(extras):
             assert [r.status_code for r in results] == [200, 200]
             answers[continuous] = next(r.json()["data"] for r in results if b'"seed"' in r.request.content)
     assert answers[True] == answers[False]
+
+
+def test_serve_batching_option():
+    from vqgen.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).batching == "continuous" and ServeConfig().continuous
+    assert build_parser().parse_args(["serve", "--batching", "request"]).batching == "request"

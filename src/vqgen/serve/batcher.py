@@ -122,6 +122,7 @@ class Batcher:
     async def stop(self) -> None:
         """Stop taking work, fail the waiting requests, and wait for the running batch to end."""
         task, self._task = self._task, None
+        self._news.set()  # a running loop's worker returns after its current step
         while self._pending:
             job = self._pending.popleft()
             if not job.result.done():
