@@ -57,3 +57,38 @@ def test_ddp_two_ranks_equal_single_process_on_doubled_batch(tmp_path):
     assert_same_sgd_step(r0, single, init, terms=8 * 3 * 16 * 16)
     ddp_rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(ddp_rows) == 2  # 1 step + the final held-out eval, written by rank 0 only
+
+
+def _fsdp_worker(rank: int, world: int, port: int, data: str, run: str, out: str) -> None:
+    import os
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    from vqgen.tokenizer.train import train_tokenizer
+
+    cfg = apply_overrides(get_preset("tokenizer", "tiny"), OVERRIDES + [f"optim.batch_size={8 // world}", "fsdp=true"])
+    model = train_tokenizer(cfg, data, run, show_progress=False)
+    torch.save(model.state_dict(), f"{out}/fsdp{world}-rank{rank}.pt")
+
+
+def test_fsdp_two_ranks_equal_one_rank_on_the_doubled_batch_from_the_same_meta_init(tmp_path):
+    rng = np.random.default_rng(0)
+    recs = [Record(image=Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))) for i in range(16)]
+    write_image_folder(recs, tmp_path / "data", progress=False)
+    for world in (1, 2):
+        mp.spawn(_fsdp_worker, args=(world, _free_port(), str(tmp_path / "data"), str(tmp_path / f"fsdp{world}"),
+                                     str(tmp_path)), nprocs=world, join=True)
+    one = torch.load(tmp_path / "fsdp1-rank0.pt", weights_only=True)
+    two = [torch.load(tmp_path / f"fsdp2-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(two[0][k], two[1][k]) for k in one)  # every rank returns the gathered model
+
+    from vqgen import distributed as fsdp
+    from vqgen.tokenizer.train import build_tokenizer, init_tokenizer
+
+    cfg = apply_overrides(get_preset("tokenizer", "tiny"), OVERRIDES)
+    init = fsdp.on_meta(lambda: build_tokenizer(cfg))
+    fsdp.materialize(init, "cpu", cfg.seed, init_tokenizer)  # unsharded: the same weights as any sharding
+    assert_same_sgd_step(one, two[0], init.state_dict(), terms=8 * 3 * 16 * 16)
+    ckpt = tmp_path / "fsdp2" / "checkpoints" / "step-0000001"
+    assert sorted(p.name for p in (ckpt / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]

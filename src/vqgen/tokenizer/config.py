@@ -65,6 +65,8 @@ class TokenizerTrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    fsdp: bool = False  # shard with FSDP2 (fully_shard) under torchrun, the model built on the meta device
+    activation_checkpointing: bool = False  # recompute the encoder/decoder blocks' activations in backward
     holdout_every: int = 10  # every n-th image of the folder is held out for evaluation (0: none)
     time_limit_min: float = 0.0  # stop (and checkpoint) after this many wall-clock minutes; 0: no limit
     cpu_limit_min: float = 0.0  # stop after this many minutes of this process's CPU time (equal-budget runs)
@@ -84,6 +86,8 @@ class TokenizerTrainConfig:
         require(not self.decoder_only or bool(self.init_from), "decoder_only", "needs init_from (a trained tokenizer)")
         require(not (self.decoder_only and self.codebook.restart_dead), "decoder_only",
                 "cannot be combined with codebook.restart_dead (the codebook is frozen)")
+        require(not (self.fsdp and self.codebook.restart_dead), "fsdp",
+                "cannot be combined with codebook.restart_dead (the codebook is sharded)")
 
     @property
     def model(self) -> ViTVQGANConfig | CNNVQGANConfig:

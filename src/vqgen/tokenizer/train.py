@@ -17,11 +17,14 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
+from torch import nn
+
+from vqgen import distributed as fsdp
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.runtime import (DATA_NAME, EpochBatches, Limits, RunLogger, autocast, cleanup_distributed, init_distributed,
-                           load_weights, lr_factor, metrics_bytes, model_dir, progress, report_skips,
-                           resolve_run_config, resume_from, rng_state, save_checkpoint, save_final,
-                           save_run_config, seed_everything, set_lr, set_rng_state, unwrap)
+from vqgen.runtime import (DATA_NAME, CheckpointError, EpochBatches, Limits, RunLogger, autocast, cleanup_distributed,
+                           init_distributed, is_sharded, load_weights, lr_factor, metrics_bytes, model_dir, progress,
+                           report_skips, resolve_run_config, resume_from, rng_state, save_checkpoint, save_final,
+                           save_run_config, save_sharded_checkpoint, seed_everything, set_lr, set_rng_state, unwrap)
 from vqgen.tokenizer.base import VQTokenizer
 from vqgen.tokenizer.cnn_vqgan import CNNVQGAN
 from vqgen.tokenizer.config import TokenizerTrainConfig
@@ -39,6 +42,49 @@ TextEncoder = Callable[[list[str]], torch.Tensor]  # captions → embeddings (N,
 def build_tokenizer(cfg: TokenizerTrainConfig) -> VQTokenizer:
     """A fresh tokenizer of the architecture ``cfg.arch``."""
     return ViTVQGAN(cfg.vit) if cfg.arch == "vit_vqgan" else CNNVQGAN(cfg.cnn)
+
+
+# parameters the tokenizers create themselves (torch.randn(...) * scale), by attribute name: their std
+_OWN_PARAMS = {"codebook": 1.0, "enc_pos": 0.02, "dec_pos": 0.02}
+
+
+def init_tokenizer(model: nn.Module) -> None:
+    """What constructing a tokenizer or discriminator does, for one built on meta: PyTorch's
+    init of every layer, and N(0, std) for the parameters the models create themselves."""
+    fsdp.reset_modules(model)
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name in _OWN_PARAMS:
+                nn.init.normal_(p, 0.0, _OWN_PARAMS[name])
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """The blocks of every ``blocks`` list (ViT encoder/decoder blocks, CNN residual blocks)."""
+    return [blk for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and name.endswith("blocks")
+            for blk in m]
+
+
+def _sharded(cfg: TokenizerTrainConfig, factory, info, seed: int) -> nn.Module:
+    """``factory()`` built on meta, its blocks and then itself sharded, each rank's shard initialised."""
+    model = fsdp.on_meta(factory)
+    units = fsdp_units(model)
+    if cfg.activation_checkpointing:
+        fsdp.checkpoint_activations(units)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda"
+                                       and torch.cuda.is_bf16_supported())
+    fsdp.shard(model, units, bf16=bf16)
+    fsdp.materialize(model, info.device, seed, init_tokenizer)
+    return model
+
+
+def _plain(model: nn.Module, factory) -> nn.Module:
+    """An unsharded copy of a sharded model on every rank (collective), for samples, evals and saving."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    plain = fsdp.on_meta(factory)
+    plain.load_state_dict({k: v.detach().cpu().clone() for k, v in full.items()}, strict=True, assign=True)
+    return plain.eval()
 
 
 def _conditions(cfg: TokenizerTrainConfig, labels: list, texts: list,
@@ -135,7 +181,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data_dir: str | Path, run_dir: st
     """
     run_dir = Path(run_dir)
     cfg, _ = resolve_run_config(run_dir, cfg)
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.device, group=cfg.fsdp)
     try:
         return _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info)
     finally:
@@ -147,9 +193,14 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
     images = open_images(cfg, data_dir, run_dir, info, text_encoder, data)
 
     seed_everything(cfg.seed)
-    model = build_tokenizer(cfg).to(device)
+    sharded = cfg.fsdp
+    if sharded:
+        model = _sharded(cfg, lambda: build_tokenizer(cfg), info, cfg.seed)
+        disc = _sharded(cfg, lambda: StyleGANDiscriminator(cfg.disc), info, cfg.seed + 1) if cfg.loss.gan > 0 else None
+    else:
+        model = build_tokenizer(cfg).to(device)
+        disc = StyleGANDiscriminator(cfg.disc).to(device) if cfg.loss.gan > 0 else None
     loss_fn = ReconstructionLoss(cfg.loss).to(device)
-    disc = StyleGANDiscriminator(cfg.disc).to(device) if cfg.loss.gan > 0 else None
     if disc is not None and cfg.disc.image_size != cfg.image_size:
         raise ConfigError(f"config field 'disc.image_size' is {cfg.disc.image_size}, images are {cfg.image_size}")
     params = model.decoder_parameters() if cfg.decoder_only else list(model.parameters())
@@ -162,21 +213,46 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
     batches = images.position
     monitor = CodebookMonitor(model.config.quantizer.codebook_size, cfg.codebook.dead_after)
 
+    def shards() -> dict:
+        out = {"tokenizer": fsdp.model_state(model), "opt": fsdp.optim_state(model, opt)}
+        if disc is not None:
+            out.update(discriminator=fsdp.model_state(disc), opt_d=fsdp.optim_state(disc, opt_d))
+        return out
+
     def restore(ckpt: Path, state: dict) -> None:
+        if sharded != is_sharded(ckpt):
+            raise CheckpointError(f"{ckpt} is {'' if is_sharded(ckpt) else 'not '}a sharded checkpoint, "
+                                  f"and the run has fsdp={str(sharded).lower()}")
+        if sharded:
+            loaded = shards()
+            fsdp.load_sharded(ckpt / fsdp.DCP_DIR, loaded)
+            fsdp.set_model_state(model, loaded["tokenizer"])
+            fsdp.set_optim_state(model, opt, loaded["opt"])
+            if disc is not None:
+                fsdp.set_model_state(disc, loaded["discriminator"])
+                fsdp.set_optim_state(disc, opt_d, loaded["opt_d"])
+            return
         load_weights(model, ckpt / "tokenizer")
         if disc is not None:
             load_weights(disc, ckpt / "discriminator")
 
     state = resume_from(run_dir, restore, info.is_main)
     if state is not None:
-        opt.load_state_dict(state["opt"])
-        if disc is not None:
-            opt_d.load_state_dict(state["opt_d"])
+        if not sharded:
+            opt.load_state_dict(state["opt"])
+            if disc is not None:
+                opt_d.load_state_dict(state["opt_d"])
         batches.load_state_dict(state["batches"])
         monitor.load_state_dict(state["monitor"])
-        set_rng_state(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == info.world_size:
+            set_rng_state(rngs[info.rank])
+        else:
+            seed_everything(cfg.seed + 1000 * info.rank + int(state["step"]))
     else:
         if cfg.init_from:
+            if sharded:
+                raise ConfigError("init_from with fsdp=true is not supported (start the run without fsdp)")
             load_weights(model, model_dir(cfg.init_from, "tokenizer"))
         if info.is_main:
             save_run_config(cfg, run_dir)
@@ -185,7 +261,7 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
 
     ddp_model = model
     ddp_disc = disc
-    if info.distributed:
+    if info.distributed and not sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
@@ -208,9 +284,9 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         gan_on = disc is not None and step >= cfg.loss.gan_start
 
         lr = set_lr(opt, cfg.optim.lr * lr_factor(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
-        if disc is not None:
+        if disc is not None and not sharded:  # (FSDP: its stray grads are cleared before its own step)
             disc.requires_grad_(False)
-        with autocast(device, cfg.precision):
+        with autocast(device, "fp32" if sharded else cfg.precision):
             out = ddp_model(x, cond)
             total, terms = loss_fn(x, out, step, disc if gan_on else None)
         opt.zero_grad(set_to_none=True)
@@ -221,7 +297,7 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
 
         if gan_on:
             disc.requires_grad_(True)
-            with autocast(device, cfg.precision):
+            with autocast(device, "fp32" if sharded else cfg.precision):
                 logits = ddp_disc(torch.cat([x, out.reconstruction.detach()]))  # (2B,)
                 d_loss = gan_discriminator_loss(logits[:x.shape[0]], logits[x.shape[0]:])
             opt_d.zero_grad(set_to_none=True)
@@ -256,12 +332,22 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
             logger.log(step, row)
             bar.set_postfix(loss=f"{row['train/loss']:.4f}", usage=f"{row['train/codebook_usage']:.3f}")
             sums, n_sum, images_seen, t_log = {}, 0, 0, now
-        if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or stop):
-            _log_samples(logger, model, images.samples, images.sample_conds, device, step)
-        if info.is_main and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            _log_eval(logger, model, images.eval_set, images.eval_conds, device, step, cfg.optim.batch_size,
+        sample_now = step % cfg.sample_every == 0 or step == cfg.steps or stop
+        eval_now = bool(cfg.eval_every) and step % cfg.eval_every == 0 and step < cfg.steps
+        view = _plain(model, lambda: build_tokenizer(cfg)).to(device) if sharded and (sample_now or eval_now) else model
+        if info.is_main and sample_now:
+            _log_samples(logger, view, images.samples, images.sample_conds, device, step)
+        if info.is_main and eval_now:
+            _log_eval(logger, view, images.eval_set, images.eval_conds, device, step, cfg.optim.batch_size,
                       limit=cfg.eval_batches * cfg.optim.batch_size)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or stop:
+        if (step % cfg.ckpt_every == 0 or step == cfg.steps or stop) and sharded:
+            resume = {"step": step, **limits.state_dict(), "batches": batches.state_dict(),
+                      "monitor": monitor.state_dict(), "rng": _rng_states(info), "metrics_bytes": metrics_bytes(run_dir)}
+            comps = {"tokenizer": model, **({"discriminator": disc} if disc is not None else {})}
+            state_now = shards()
+            save_sharded_checkpoint(run_dir, step, lambda where: fsdp.save_sharded(where, state_now), comps, resume,
+                                    info.is_main)
+        elif step % cfg.ckpt_every == 0 or step == cfg.steps or stop:
             if info.is_main:
                 resume = {"step": step, **limits.state_dict(), "opt": opt.state_dict(),
                           "batches": batches.state_dict(), "monitor": monitor.state_dict(), "rng": rng_state(),
@@ -281,11 +367,21 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
             report_skips(run_dir, where, batches.records, batches.skipped)
         elif not (run_dir / DATA_NAME).is_file():  # keep a full pass's counts from before a resume
             report_skips(run_dir, f"{where}, part of one pass", None, batches.shards.skipped)
+    final = _plain(model, lambda: build_tokenizer(cfg)).to(device) if sharded else model
     if info.is_main:
-        save_final(model, run_dir / "model")
-        _log_eval(logger, model, images.eval_set, images.eval_conds, device, step, cfg.optim.batch_size)
+        save_final(final, run_dir / "model")
+        _log_eval(logger, final, images.eval_set, images.eval_conds, device, step, cfg.optim.batch_size)
     logger.close()
-    return unwrap(model)
+    return unwrap(final)
+
+
+def _rng_states(info) -> list:
+    """Every rank's RNG state in rank order (collective under torchrun)."""
+    if not dist.is_initialized():
+        return [rng_state()]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, rng_state())
+    return out
 
 
 def _maybe_restart(cfg, model: VQTokenizer, monitor: CodebookMonitor, out, step: int, info) -> int:
