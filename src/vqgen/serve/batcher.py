@@ -258,9 +258,15 @@ class Batcher:
 
     # continuous batching ------------------------------------------------------------------------
     def _joins_loop(self, job: Job) -> bool:
-        """Whether ``job`` runs in a continuous loop (else in a request batch)."""
+        """Whether ``job`` runs in a continuous loop (else in a request batch): the ``autoregressive``
+        decoder of a token transformer, in a pipeline whose call is the shared one (the loop does the
+        same stages: ``_join``, ``_finish``)."""
+        from vqgen.pipelines.base import Pipeline
+        from vqgen.transformer.base import TokenModel
+
         return (self.continuous and job.settings.decoder == "autoregressive" and job.rows <= self.max_batch
-                and getattr(self.pipe, "transformer", None) is not None)
+                and isinstance(getattr(self.pipe, "transformer", None), TokenModel)
+                and type(self.pipe).__call__ is Pipeline.__call__)
 
     def _admissions(self, key) -> list[Job]:
         """Waiting jobs that join the loop now: from the head of the queue, in order, while they have
