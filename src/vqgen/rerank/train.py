@@ -17,6 +17,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,10 +31,10 @@ from vqgen.rerank.clip import FAMILY as MODEL_FAMILY
 from vqgen.rerank.clip import ClipConfig, ClipReranker, check_reranker
 from vqgen.shapes.rerank_eval import hard_negative_accuracy, retrieval_at_1
 from vqgen.shapes.negatives import perturb_caption
-from vqgen.runtime import (EpochBatches, Limits, RunLogger, latest_checkpoint, load_weights, lr_factor,
-                           metrics_bytes, pick_device, progress, report_skips, resolve_run_config, resume_from,
-                           rng_state, save_checkpoint, save_final, save_run_config, seed_everything, set_lr,
-                           set_rng_state)
+from vqgen.runtime import (EpochBatches, Limits, RunLogger, cleanup_distributed, init_distributed, latest_checkpoint,
+                           load_weights, lr_factor, metrics_bytes, progress, report_skips, resolve_run_config,
+                           resume_from, rng_state, save_checkpoint, save_final, save_run_config, seed_everything,
+                           set_lr, set_rng_state)
 from vqgen.text.bpe import TOKENIZER_NAME, TextTokenizer
 
 FAMILY = "rerank"
@@ -61,6 +62,7 @@ class RerankTrainConfig:
     log_every: int = 20
     eval_every: int = 200
     ckpt_every: int = 500
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain steps, linear in the gradient (equivalence tests)
 
     def __post_init__(self):
         require(self.batch_size >= 2, "batch_size", "must be >= 2 (contrastive)")
@@ -172,6 +174,37 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------- training
+class Embed(torch.nn.Module):
+    """What DDP wraps: one forward that embeds a batch's images, captions and perturbed captions."""
+
+    def __init__(self, model: ClipReranker):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, ids, mask, neg_texts: list[str] | None):
+        img = self.model.encode_images(images)  # (B, E)
+        txt = self.model.encode_ids(ids, mask)  # (B, E)
+        neg = self.model.encode_texts(neg_texts) if neg_texts else None  # (B * M, E)
+        return img, txt, neg
+
+
+def gather_batch(img, txt, neg, texts: list[str]):
+    """Under torchrun: every rank's embeddings (autograd flows back to each rank's own rows) and
+    captions, so the contrastive loss is the one of the global batch. Every rank computes that
+    same loss; the gather's backward sums the ranks' gradients and DDP averages them, which
+    gives each parameter the global loss's gradient."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return img, txt, neg, texts
+    from torch.distributed.nn.functional import all_gather
+
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, texts)
+    cat = lambda t: torch.cat(all_gather(t.contiguous()), 0) if t is not None else None  # noqa: E731
+    return cat(img), cat(txt), cat(neg), [t for part in everyone for t in part]
+
+
 def _evaluate(model: ClipReranker, data: PairSet, cfg: RerankTrainConfig) -> dict[str, float]:
     model.eval()
     imgs, texts = data.images[data.heldout_idx], [data.texts[i] for i in data.heldout_idx.tolist()]
@@ -191,24 +224,37 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     existing RUN, ``cfg`` may differ from the saved config only in the harmless fields."""
     run_dir = Path(run_dir)
     cfg, _ = resolve_run_config(run_dir, cfg, fitted=("model.vocab_size",))
-    device = pick_device(cfg.device)
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, data_dir, run_dir, show_progress, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: RerankTrainConfig, data_dir, run_dir: Path, show_progress: bool, info):
+    """One process's run (DDP under torchrun: each rank its share of every global batch)."""
+    import torch.distributed as dist
+
+    device, main = info.device, info.is_main
     seed_everything(cfg.seed)
     data = load_pairs(data_dir, cfg.model.image_size, cfg.holdout_every, show_progress)
-    report_skips(run_dir, data_dir, len(data.images), data.skipped)
+    report_skips(run_dir, data_dir, len(data.images), data.skipped, main)
     if len(data.heldout_idx) < cfg.retrieval_group:
         raise VqgenError(f"{len(data.heldout_idx)} held-out pairs, fewer than retrieval_group="
                          f"{cfg.retrieval_group}: use more data or --set retrieval_group=N")
 
     tok_path, tokenizer = run_dir / TOKENIZER_NAME, None
     trained = cfg.model.text_encoder == "trained"  # else the frozen encoder's own tokenizer
-    if trained and tok_path.is_file():
-        tokenizer = TextTokenizer.load(tok_path)
-    elif trained:
+    if trained and not tok_path.is_file() and main:  # BPE training differs between processes: rank 0 trains
         lists = data.captions or [[x] for x in data.texts]
         tokenizer = TextTokenizer.train([t for i in data.train_idx.tolist() for t in lists[i]],
                                         vocab_size=cfg.bpe_vocab_size)
         make_dir(run_dir)
         tokenizer.save(tok_path)
+    if info.distributed:
+        dist.barrier()
+    if trained:
+        tokenizer = TextTokenizer.load(tok_path)
     if tokenizer is not None:
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=max(tokenizer.vocab_size, 5)))
 
@@ -216,34 +262,57 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
     encode = model.text_tower.frozen.encode if model.frozen_text else tokenizer.encode
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed)
-    state = resume_from(run_dir, lambda ckpt, _: load_weights(model, ckpt / "reranker"))
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = (torch.optim.SGD(groups, lr=cfg.lr) if cfg.optimizer == "sgd"
+           else torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)))
+    batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                           world_size=info.world_size)
+    state = resume_from(run_dir, lambda ckpt, _: load_weights(model, ckpt / "reranker"), main)
+    streams = None
     if state is not None:
         opt.load_state_dict(state["opt"])
         batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
-    else:
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == info.world_size:  # the same number of ranks: every stream continues where it was
+            set_rng_state(rngs[info.rank])
+            streams = state["streams"][info.rank] if "streams" in state else state if "neg_rng" in state else None
+    elif main:
         save_run_config(cfg, run_dir)
     step = int(state["step"]) if state is not None else 0
     limits = Limits(cfg.time_limit_min, cfg.cpu_limit_min, state)
 
-    neg_rng = np.random.default_rng(cfg.seed * 7919 + step)  # hard negatives
-    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)  # augmentation
-    if state is not None and "neg_rng" in state:  # continue both streams where they were
-        neg_rng.bit_generator.state = state["neg_rng"]
-        aug_gen.set_state(state["aug_rng"])
+    offset = cfg.seed * 7919 + step + 104729 * info.rank  # rank 0 draws what one process draws
+    neg_rng = np.random.default_rng(offset)  # hard negatives
+    aug_gen = torch.Generator().manual_seed(offset)  # augmentation
+    if streams is not None:  # continue both streams where they were
+        neg_rng.bit_generator.state = streams["neg_rng"]
+        aug_gen.set_state(streams["aug_rng"])
+    embed = Embed(model)
+    if info.distributed:
+        embed = torch.nn.parallel.DistributedDataParallel(embed, device_ids=[device] if device.type == "cuda" else None)
 
-    def resume_state() -> dict:
-        return {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(), "step": step,
-                "neg_rng": neg_rng.bit_generator.state, "aug_rng": aug_gen.get_state(),
-                **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)}
+    def gathered(obj) -> list:
+        if not info.distributed:
+            return [obj]
+        out = [None] * info.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def checkpoint(step: int) -> None:
+        """Rank 0 writes ``step-N`` with every rank's RNG streams (collective)."""
+        mine = {"neg_rng": neg_rng.bit_generator.state, "aug_rng": aug_gen.get_state()}
+        rngs, streams_all = gathered(rng_state()), gathered(mine)
+        if main:
+            save_checkpoint(run_dir, step, {"reranker": model}, {
+                "opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rngs, "step": step,
+                "streams": streams_all, **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)})
+        if info.distributed:
+            dist.barrier()
 
     all_ids, all_mask = encode(data.texts, cfg.model.max_len)  # (N, L) x2
     bank = CaptionBank.build(data.captions, encode, cfg.model.max_len) if data.captions else None
-    logger = RunLogger(run_dir)
-    bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress)
+    logger = RunLogger(run_dir, enabled=main)
+    bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress and main)
     model.train()
     it = iter(batches)
     try:
@@ -257,16 +326,17 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
             images = data.images[idx].to(device).float() / 255.0  # (B, 3, S, S)
             if cfg.augment > 0:
                 images = degrade_batch(images, cfg.augment, aug_gen)
-            img = model.encode_images(images)  # (B, E)
-            txt = model.encode_ids(ids.to(device), mask.to(device))  # (B, E)
-            neg = None
+            neg_texts = None
             if cfg.hard_negatives > 0:
                 orig = [t for t in texts for _ in range(cfg.hard_negatives)]
                 neg_texts = [perturb_caption(t, neg_rng) or t for t in orig]
-                neg = model.encode_texts(neg_texts).view(len(texts), cfg.hard_negatives, -1)  # (B, M, E)
+            img, txt, neg = embed(images, ids.to(device), mask.to(device), neg_texts)  # (B, E) x2, (B*M, E)
+            if neg is not None:
+                neg = neg.view(len(texts), cfg.hard_negatives, -1)  # (B, M, E)
                 keep = torch.tensor([n != t for n, t in zip(neg_texts, orig)],
                                     device=device).view(len(texts), cfg.hard_negatives, 1)
                 neg = torch.where(keep, neg, -img[:, None])  # an unperturbable caption adds an easy negative
+            img, txt, neg, texts = gather_batch(img, txt, neg, texts)  # the global batch under torchrun
             loss, acc = contrastive_loss(img, txt, model.clamped_scale(), texts, neg)
             lr = set_lr(opt, cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
             opt.zero_grad(set_to_none=True)
@@ -276,21 +346,23 @@ def train_reranker(cfg: RerankTrainConfig, data_dir: str | Path, run_dir: str | 
             opt.step()
             step += 1
             bar.update(1)
-            stop = limits.reached(step)
+            stop = limits.reached(step if main else None)
             if step % cfg.log_every == 0 or step == cfg.steps or stop:
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
                 logger.log(step, {"loss": loss, "batch_acc": acc, "temperature": model.temperature(), "lr": lr})
-            if step % cfg.eval_every == 0 and step < cfg.steps and not stop:
+            if main and step % cfg.eval_every == 0 and step < cfg.steps and not stop:
                 logger.log(step, _evaluate(model, data, cfg))
             if stop:
                 break
             if step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save_checkpoint(run_dir, step, {"reranker": model}, resume_state())
+                checkpoint(step)
         model.eval()
-        save_checkpoint(run_dir, step, {"reranker": model}, resume_state())
-        save_final(model, run_dir / "model")
-        metrics = _evaluate(model, data, cfg)  # logged after the last checkpoint: a re-run logs it once
-        logger.log(step, metrics)
+        checkpoint(step)
+        metrics = {}
+        if main:
+            save_final(model, run_dir / "model")
+            metrics = _evaluate(model, data, cfg)  # logged after the last checkpoint: a re-run logs it once
+            logger.log(step, metrics)
     finally:
         bar.close()
         logger.close()

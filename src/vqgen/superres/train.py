@@ -16,6 +16,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +25,9 @@ from PIL import Image
 from vqgen.config import get_preset, register_preset, require
 from vqgen.errors import VqgenError
 from vqgen.metrics.reconstruction import ms_ssim, psnr, ssim
-from vqgen.runtime import (EpochBatches, Limits, RunLogger, load_weights, metrics_bytes, pick_device, progress,
-                           report_skips, resolve_run_config, resume_from, rng_state, save_checkpoint, save_final,
-                           save_run_config, seed_everything, set_rng_state)
+from vqgen.runtime import (EpochBatches, Limits, RunLogger, cleanup_distributed, init_distributed, load_weights,
+                           metrics_bytes, progress, report_skips, resolve_run_config, resume_from, rng_state,
+                           save_checkpoint, save_final, save_run_config, seed_everything, set_rng_state)
 from vqgen.superres.model import FAMILY as MODEL_FAMILY
 from vqgen.superres.model import SuperResConfig, SuperResolution
 
@@ -52,6 +53,7 @@ class SuperResTrainConfig:
     log_every: int = 20
     eval_every: int = 200
     ckpt_every: int = 500
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: plain steps, linear in the gradient (equivalence tests)
 
     def __post_init__(self):
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -171,46 +173,74 @@ def train_superres(cfg: SuperResTrainConfig, tokenizer, data_dir: str | Path, ru
     an existing RUN, ``cfg`` may differ from the saved config only in the harmless fields."""
     run_dir = Path(run_dir)
     cfg, _ = resolve_run_config(run_dir, cfg)
-    device = pick_device(cfg.device)
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, tokenizer, data_dir, run_dir, show_progress, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: SuperResTrainConfig, tokenizer, data_dir, run_dir: Path, show_progress: bool, info):
+    """One process's run (DDP under torchrun: each rank its share of every global batch)."""
+    import torch.distributed as dist
+
+    device, main = info.device, info.is_main
     seed_everything(cfg.seed)
     data = prepare_data(tokenizer, data_dir, cfg.model.scale, cfg.max_images, cfg.holdout_every, device,
-                        show_progress=show_progress)
-    report_skips(run_dir, data_dir, len(data.targets), data.skipped)
-    if len(data.train_idx) < cfg.batch_size:
-        raise VqgenError(f"{len(data.train_idx)} training images, fewer than one batch of {cfg.batch_size}")
+                        show_progress=show_progress and main)
+    report_skips(run_dir, data_dir, len(data.targets), data.skipped, main)
+    if len(data.train_idx) < cfg.batch_size * info.world_size:
+        raise VqgenError(f"{len(data.train_idx)} training images, fewer than one batch of {cfg.batch_size}"
+                         + (f" x {info.world_size} ranks" if info.distributed else ""))
     perceptual = None
     if cfg.perceptual > 0:
         from vqgen.tokenizer.losses import VGGPerceptualLoss
         perceptual = VGGPerceptualLoss.from_file(cfg.vgg_path).to(device)
 
     model = SuperResolution(cfg.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed)
-    state = resume_from(run_dir, lambda ckpt, _: load_weights(model, ckpt / "superres"))
+    opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr) if cfg.optimizer == "sgd"
+           else torch.optim.Adam(model.parameters(), lr=cfg.lr))
+    batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                           world_size=info.world_size)
+    state = resume_from(run_dir, lambda ckpt, _: load_weights(model, ckpt / "superres"), main)
     if state is not None:
         opt.load_state_dict(state["opt"])
         batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
-    else:
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == info.world_size:
+            set_rng_state(rngs[info.rank])
+    elif main:
         save_run_config(cfg, run_dir)
     step = int(state["step"]) if state is not None else 0
     limits = Limits(cfg.time_limit_min, cfg.cpu_limit_min, state)
+    net = model
+    if info.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
-    logger = RunLogger(run_dir)
-    bar = progress(total=cfg.steps, initial=step, desc=f"superres x{cfg.model.scale}", enabled=show_progress)
+    logger = RunLogger(run_dir, enabled=main)
+    bar = progress(total=cfg.steps, initial=step, desc=f"superres x{cfg.model.scale}", enabled=show_progress and main)
     it = iter(batches)
     model.train()
 
-    def resume_state() -> dict:
-        return {"opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rng_state(), "step": step,
-                **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)}
+    def checkpoint(step: int) -> None:
+        """Rank 0 writes ``step-N`` with every rank's RNG state (collective)."""
+        rngs = [rng_state()]
+        if info.distributed:
+            rngs = [None] * info.world_size
+            dist.all_gather_object(rngs, rng_state())
+        if main:
+            save_checkpoint(run_dir, step, {"superres": model}, {
+                "opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rngs, "step": step,
+                **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)})
+        if info.distributed:
+            dist.barrier()
 
     try:
         while step < cfg.steps:
             b = data.train_idx[next(it)]  # (B,)
             x = data.inputs[b].to(device)  # (B, 3, h, w)
             y = data.targets[b].to(device).float() / 255.0  # (B, 3, H, W)
-            out = model(x)  # (B, 3, H, W)
+            out = net(x)  # (B, 3, H, W)
             terms = {"l2": (out - y).pow(2).mean()}
             loss = cfg.l2 * terms["l2"]
             if cfg.ms_ssim > 0:
@@ -224,21 +254,23 @@ def train_superres(cfg: SuperResTrainConfig, tokenizer, data_dir: str | Path, ru
             opt.step()
             step += 1
             bar.update(1)
-            stop = limits.reached(step)
+            stop = limits.reached(step if main else None)
             if step % cfg.log_every == 0 or step == cfg.steps or stop:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 logger.log(step, {"loss": loss, **terms})
             if stop:
                 break
-            if step % cfg.eval_every == 0 and step < cfg.steps:
+            if main and step % cfg.eval_every == 0 and step < cfg.steps:
                 logger.log(step, evaluate_superres(model, data, device))
             if step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save_checkpoint(run_dir, step, {"superres": model}, resume_state())
+                checkpoint(step)
         model.eval()
-        save_checkpoint(run_dir, step, {"superres": model}, resume_state())
-        save_final(model, run_dir / "model")
-        metrics = evaluate_superres(model, data, device)  # logged after the last checkpoint: a re-run logs it once
-        logger.log(step, metrics)
+        checkpoint(step)
+        metrics = {}
+        if main:
+            save_final(model, run_dir / "model")
+            metrics = evaluate_superres(model, data, device)  # logged after the last checkpoint: a re-run logs it once
+            logger.log(step, metrics)
     finally:
         bar.close()
         logger.close()
