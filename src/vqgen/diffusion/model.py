@@ -186,6 +186,11 @@ class DiffusionUNet(TextModelMixin, nn.Module, PretrainedMixin):
             return self.frozen_encoder(ids, mask), mask  # (B, L, H)
         return ids, mask
 
+    def share_text_encoder(self, other: "DiffusionUNet") -> None:
+        """Use ``other``'s frozen encoder (loaded once, one memo): the EMA copy in training."""
+        if self.config.text.encoder == "pretrained":
+            self.__dict__["_frozen_encoder"] = other.frozen_encoder
+
     def null_text(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The null text (classifier-free guidance's unconditional input) shaped like ``text``."""
         return torch.zeros_like(text), torch.zeros_like(mask)

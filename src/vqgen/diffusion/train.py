@@ -276,6 +276,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, data_dir: str | Path, run_dir: st
     model = DiffusionUNet(cfg.model).to(device)
     ema = DiffusionUNet(cfg.model).to(device).eval().requires_grad_(False)
     model.text_tokenizer = ema.text_tokenizer = tok
+    ema.share_text_encoder(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed)
 
