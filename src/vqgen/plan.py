@@ -10,7 +10,8 @@ For a preset, a number of GPUs and their memory it counts, per GPU and in bytes:
   gradients before they are reduce-scattered;
 * **activations**: what autograd keeps for backward, counted tensor by tensor from the block code
   (``transformer/layers.py``; SDPA keeps q, k, v, its output and a log-sum-exp per row, not the
-  attention matrix), the logits and their log-softmax in fp32, and dropout masks (1 byte). With
+  attention matrix), at the start of backward (the peak) the fp32 log-softmax of the logits with its
+  gradient and the logits' gradient, and dropout masks (1 byte). With
   activation checkpointing a block keeps only its input, and one block's activations exist
   again while it is recomputed.
 
@@ -204,7 +205,9 @@ def plan(model_cfg, preset: str, gpus: int, gpu_mem_gb: float, seq: int | None =
     dec = block_activation_bytes(s, batch * stream, batch * (1 + text_rows), s.family == "parti", act)
     enc = block_activation_bytes(s, batch * text_rows, 0, False, act) if s.enc_depth else 0.0
     vocab_out = s.codebook + (s.text_vocab if s.family == "unified" else 0)
-    logits = batch * seq * vocab_out * 4 * 2 + batch * seq * s.d * act * 2  # fp32 logits + log-softmax; final norm
+    # at the start of backward: the fp32 log-softmax kept by cross-entropy, its gradient and the logits'
+    # gradient (3 x 4 bytes per logit; bf16 heads also write their own output), the final norm's input and output
+    logits = batch * seq * vocab_out * (12 + (act if act == 2 else 0)) + batch * seq * s.d * act * 2
     b["activations"] = s.depth * dec + s.enc_depth * enc + logits
     ac_inputs = batch * (stream * s.depth + text_rows * s.enc_depth) * s.d * act
     b["activations_ckpt"] = ac_inputs + max(dec, enc) + logits

@@ -132,6 +132,8 @@ class TrainConfig:
     fsdp: bool = False              # shard parameters with FSDP2 (fully_shard) under torchrun; built on meta
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP gradient reduction under bf16 precision
+    stream_workers: int = 2         # DataLoader workers per rank when CODES are streamed shards
+    shuffle_buffer: int = 1000      # streamed shards: samples in the shuffle buffer of each reader
     val_fraction: float = 0.05
     val_every: int = 200
     val_batches: int = 20
@@ -158,7 +160,8 @@ class TrainConfig:
         require(0 < self.val_fraction < 1, "train.val_fraction", "must be in (0, 1)")
         require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = no clipping)")
         require(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
-        for name in ("val_every", "log_every", "ckpt_every", "warmup_steps", "decay_start", "sample_every"):
+        for name in ("val_every", "log_every", "ckpt_every", "warmup_steps", "decay_start", "sample_every",
+                     "stream_workers", "shuffle_buffer"):
             require(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
 
 

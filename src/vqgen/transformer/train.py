@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,8 +37,8 @@ from torch import nn
 
 from vqgen.data.captions import CaptionBank, caption_lists
 from vqgen.data.image import image_grid
-from vqgen.errors import ConfigError, VqgenError
 from vqgen import distributed as fsdp
+from vqgen.errors import ConfigError, VqgenError
 from vqgen.runtime import (CheckpointError, DistInfo, EpochBatches, RunLogger, autocast, cleanup_distributed, freeze,
                            init_distributed, is_sharded, load_weights, lr_factor, metrics_bytes, model_dir, progress,
                            report_skips, requested_config, resolve_run_config, resume_from, rng_state,
@@ -70,6 +73,10 @@ class TrainData:
     val_idx: torch.Tensor
     captions: CaptionBank | None = None
     seed: int = 0
+
+    def train_batch(self, ids: torch.Tensor, device, draw: tuple[int, int]) -> tuple[torch.Tensor, Condition]:
+        """The training batch at positions ``ids`` of the training split."""
+        return self.batch(self.train_idx[ids], device, draw)
 
     def batch(self, idx: torch.Tensor, device, draw: tuple[int, int] | None = None) -> tuple[torch.Tensor, Condition]:
         """Codes and condition of records ``idx``; with ``draw`` = (step, micro-batch) and several
@@ -174,6 +181,135 @@ def prepare(cfg: RunConfig, codes_dir: str | Path, run_dir: Path, resuming: bool
     data = TrainData(codes=ds.codes.flatten(1), labels=labels, text_ids=text_ids, text_mask=text_mask,
                      train_idx=train_idx, val_idx=val_idx, captions=captions, seed=t.seed)
     return cfg, data, ds.info, tok
+
+
+# ----------------------------------------------------------------------------- streamed code shards
+PROBE = 4096  # records read from the front of a stream: grid, classes, BPE captions, validation
+
+
+def held_out(key: str, every: int) -> bool:
+    """Whether a streamed record (``shard:key``) is in the validation split: every ``every``-th by
+    a hash of its key, the same on every rank, worker and epoch."""
+    return zlib.crc32(key.encode()) % every == 0
+
+
+def _kept(key: str, every: int) -> bool:
+    return not held_out(key, every)
+
+
+@dataclass
+class StreamData:
+    """CODES streamed from WebDataset code shards (``vqgen data code-shards``; a local path, brace
+    pattern or ``file:``/``pipe:`` URL): ``val`` holds the held-out records found in the first
+    :data:`PROBE` samples (in memory, a :class:`TrainData`), ``probe_train`` the codes of the
+    training records among them (the unigram baseline); training batches come from
+    :meth:`loader`, split by rank and worker, through a shuffle buffer, with a resumable position."""
+
+    source: str
+    val: TrainData
+    probe_train: torch.Tensor
+    every: int
+    class_cond: bool
+    encode: Callable | None
+    max_len: int
+
+    def loader(self, cfg: RunConfig, env: DistInfo):
+        from vqgen.data.stream import StreamLoader
+        from vqgen.data.webdataset import ShardDataset
+
+        m, t = cfg.model, cfg.train
+        ds = ShardDataset(self.source, kind="codes", grid=m.grid, codebook_size=m.codebook_size, rank=env.rank,
+                          world_size=env.world_size, shuffle=True, seed=t.seed, shuffle_buffer=t.shuffle_buffer)
+        return StreamLoader(ds, t.batch_size, workers=t.stream_workers,
+                            exclude=functools.partial(held_out, every=self.every))
+
+    def train_batch(self, item, device, draw: tuple[int, int]) -> tuple[torch.Tensor, Condition]:
+        """A streamed batch ``(codes (B, *grid), labels, texts)`` as codes (B, N) and its condition."""
+        codes, labels, texts = item
+        class_ids = text_ids = text_mask = None
+        if self.class_cond:
+            if any(lb is None for lb in labels):
+                raise VqgenError(f"{self.source}: class conditioning needs a label on every record")
+            class_ids = torch.tensor(labels, dtype=torch.long, device=device)
+        elif self.encode is not None:
+            text_ids, text_mask = self.encode(list(texts), self.max_len)  # (B, L) x2
+            text_ids, text_mask = text_ids.to(device), text_mask.to(device)
+        return codes.flatten(1).to(device), Condition(class_ids=class_ids, text_ids=text_ids, text_mask=text_mask)
+
+
+def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, text_tokenizer=None):
+    """Fit the config to streamed code shards from their first :data:`PROBE` records: the grid,
+    the classes, the BPE (rank 0 trains it on their captions); the codebook is the config's
+    (``model.codebook_size``: codes outside it are skipped as ``bad_codes``). Returns (config,
+    StreamData, info, text tokenizer or None)."""
+    from vqgen.data.webdataset import ShardDataset
+
+    m, t = cfg.model, cfg.train
+    every = max(2, round(1 / t.val_fraction))
+    probe = ShardDataset(source, kind="codes", codebook_size=m.codebook_size, rank=0, world_size=1)
+    front = [rec for _, rec in itertools.islice(probe.samples(), PROBE)]
+    if not front:
+        raise VqgenError(f"{source}: no readable code sample (skipped: {dict(probe.skipped) or 'none'})")
+    grid = tuple(front[0].codes.shape)
+    front = [r for r in front if tuple(r.codes.shape) == grid]
+    probe2 = ShardDataset(source, kind="codes", codebook_size=m.codebook_size, rank=0, world_size=1)
+    val = [rec for _, rec in itertools.islice(probe2.samples(exclude=functools.partial(_kept, every=every)),
+                                              max(1, t.val_batches * t.batch_size))]
+    val = [r for r in val if tuple(r.codes.shape) == grid]
+    if not val:
+        raise VqgenError(f"{source}: no held-out record among the first samples (train.val_fraction={t.val_fraction})")
+    train_recs = [r for r in front if not any(r is v for v in val)] or front
+    want = t.condition
+    if want == "auto":
+        want = "text" if m.family != "vim" else ("class" if all(r.label is not None for r in front) else "none")
+    if (m.family == "vim") == (want == "text"):
+        raise ConfigError(f"train.condition={want!r} does not suit family {m.family!r} (vim: none/class; parti, unified: text)")
+    changes: dict = {"grid": grid}
+    encode, tok, labels, text_ids, text_mask = None, None, None, None, None
+    if want == "class":
+        seen = [r.label for r in front + val if r.label is not None]
+        changes["num_classes"] = max(getattr(m, "num_classes", 0), max(seen, default=-1) + 1)
+        labels = torch.tensor([r.label for r in val], dtype=torch.long)
+    elif want == "none":
+        changes["num_classes"] = 0
+    else:
+        if m.text.encoder == "pretrained":
+            from vqgen.text.encoder import FrozenTextEncoder
+
+            encode = FrozenTextEncoder(m.text.pretrained_dir).encode
+        else:
+            tok = _bpe(m, run_dir, resuming, text_tokenizer, [r.text for r in train_recs if r.text])
+            encode = tok.encode
+            changes["text"] = dataclasses.replace(m.text, vocab_size=tok.vocab_size)
+        text_ids, text_mask = encode([r.text for r in val], m.text.max_len)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, **changes))
+    val_codes = torch.stack([r.codes for r in val]).flatten(1)  # (V, N)
+    val_data = TrainData(codes=val_codes, labels=labels, text_ids=text_ids, text_mask=text_mask,
+                         train_idx=torch.zeros(0, dtype=torch.long), val_idx=torch.arange(len(val)), seed=t.seed)
+    data = StreamData(str(source), val_data, torch.stack([r.codes for r in train_recs]).flatten(1), every,
+                      want == "class", encode, m.text.max_len if want == "text" else 0)
+    return cfg, data, {}, tok
+
+
+def _bpe(m, run_dir: Path, resuming: bool, given, captions: list[str]):
+    """The run's BPE: its own when resuming, the one given, else trained by rank 0 on ``captions``
+    and sent to the other ranks (BPE training is not deterministic across processes)."""
+    from vqgen.text.bpe import TOKENIZER_NAME, TextTokenizer
+
+    if resuming:
+        return TextTokenizer.load(run_dir / TOKENIZER_NAME)
+    if given:
+        return TextTokenizer.load(given)
+    if not captions:
+        raise VqgenError("text conditioning needs captions, and no record has one")
+    tok = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        tok = TextTokenizer.train(captions, vocab_size=m.text.vocab_size)
+    if dist.is_initialized():
+        box = [tok.tok.to_str() if tok is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        tok = TextTokenizer.from_str(box[0])
+    return tok
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -300,7 +436,10 @@ def _resumed_accum(t, env: DistInfo, state: dict | None) -> int:
 
 
 def _restore_position(run: Run, state: dict, t) -> None:
-    run.batches.load_state_dict(state["batches"])
+    batches = state["batches"]
+    if isinstance(batches, list):  # streamed: this rank's position (another layout starts the epoch over)
+        batches = batches[run.env.rank] if len(batches) == run.env.world_size else batches[0]
+    run.batches.load_state_dict(batches)
     run.step, run.skipped = int(state["step"]), int(state["skipped"])
     rngs = state["rng"]
     if len(rngs) == run.env.world_size:
@@ -309,7 +448,15 @@ def _restore_position(run: Run, state: dict, t) -> None:
         seed_everything(t.seed + 1000 * run.env.rank + run.step)
 
 
-def build_sharded_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train: int) -> Run:
+def _batches(source, cfg: RunConfig, env: DistInfo):
+    """The batch order: :class:`EpochBatches` over ``source`` records in memory, or the stream's loader."""
+    if isinstance(source, StreamData):
+        return source.loader(cfg, env)
+    t = cfg.train
+    return EpochBatches(source, t.batch_size, seed=t.seed, rank=env.rank, world_size=env.world_size)
+
+
+def build_sharded_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train) -> Run:
     """FSDP2: the model is built on the meta device, its blocks (and text encoder blocks) and
     then the whole are sharded, and each rank materialises and initialises its shard (the same
     weights on any number of ranks). Resumes from a sharded checkpoint on any number of ranks."""
@@ -340,8 +487,7 @@ def build_sharded_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, nu
     if state is None and t.init_from:
         _load_full(model, model_dir(t.init_from), env)
     run = Run(cfg, env, model, loss_mod, torch.compile(loss_mod) if t.compile else loss_mod, opt,
-              EpochBatches(num_train, t.batch_size, seed=t.seed, rank=env.rank, world_size=env.world_size),
-              accum=_resumed_accum(t, env, state))
+              _batches(num_train, cfg, env), accum=_resumed_accum(t, env, state))
     if state is not None:
         _restore_position(run, state, t)
     return run
@@ -394,8 +540,7 @@ def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train:
         loss_mod = nn.parallel.DistributedDataParallel(loss_mod, device_ids=[device] if device.type == "cuda" else None)
     opt = make_optimizer(model, t)
     run = Run(cfg, env, model, loss_mod, torch.compile(loss_mod) if t.compile else loss_mod, opt,
-              EpochBatches(num_train, t.batch_size, seed=t.seed, rank=env.rank, world_size=env.world_size), ema,
-              accum=_resumed_accum(t, env, state))
+              _batches(num_train, cfg, env), ema, accum=_resumed_accum(t, env, state))
     if state is not None:
         set_optimizer_state_dict(loss_mod, opt, optim_state_dict=state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True))
@@ -412,7 +557,7 @@ def train_step(run: Run, data: TrainData, batches, device) -> tuple[dict, bool, 
     loss_sum, local_bad, sums, rows = 0.0, 0.0, {}, 0
     precision = "fp32" if bf16_params(t, device) else t.precision  # the FSDP policy casts instead
     for micro in range(accum):
-        codes, cond = data.batch(data.train_idx[next(batches)], device, draw=(run.step, micro))  # (B, N), cond
+        codes, cond = data.train_batch(next(batches), device, (run.step, micro))  # (B, N), cond
         cond = cond.drop(t.cond_dropout)
         sync_off = isinstance(run.loss_mod, nn.parallel.DistributedDataParallel) and micro < accum - 1
         with (run.loss_mod.no_sync() if sync_off else contextlib.nullcontext()), autocast(device, precision):
@@ -502,8 +647,18 @@ def _rng_states(run: Run) -> list:
 
 
 def _position(run: Run, run_dir: Path) -> dict:
-    return {"batches": run.batches.state_dict(), "step": run.step, "skipped": run.skipped,
+    """Where the run is (collective for streamed data: each rank's loader position, in rank order)."""
+    batches = run.batches.state_dict()
+    if not isinstance(run.batches, EpochBatches):
+        batches = _gathered(batches, run.env.world_size) if dist.is_initialized() else [batches]
+    return {"batches": batches, "step": run.step, "skipped": run.skipped,
             "global_batch": run.global_batch, "metrics_bytes": metrics_bytes(run_dir)}
+
+
+def _gathered(obj, world: int) -> list:
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def checkpoint_sharded(run: Run, run_dir: Path) -> None:
@@ -529,13 +684,14 @@ def checkpoint(run: Run, run_dir: Path) -> None:
     full = _full_state(run)
     optim = get_optimizer_state_dict(run.loss_mod, run.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rngs = _rng_states(run)
+    position = _position(run, run_dir)
     if run.env.is_main:
         if not all(torch.isfinite(v).all() for v in full.values() if v.is_floating_point()):
             raise VqgenError(f"step {run.step}: weights are not finite; no checkpoint written")
         comps = {"model": _plain_copy(run.cfg, full)}
         if run.ema is not None:
             comps["ema"] = run.ema
-        save_checkpoint(run_dir, run.step, comps, {"optimizer": optim, "rng": rngs, **_position(run, run_dir)})
+        save_checkpoint(run_dir, run.step, comps, {"optimizer": optim, "rng": rngs, **position})
     if run.env.distributed:
         dist.barrier()
 
@@ -548,7 +704,12 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
     cfg, resuming = resolve_config(run_dir, preset, overrides or [], steps)
     env = init_distributed(cfg.train.device, group=cfg.train.fsdp)
     try:
-        cfg, data, info, text_tok = prepare(cfg, codes_dir, run_dir, resuming, _text_tokenizer(cfg, resuming, text_tokenizer))
+        from vqgen.data.stream import is_stream_source
+
+        streaming = is_stream_source(codes_dir)
+        fit = prepare_stream if streaming else prepare
+        cfg, data, info, text_tok = fit(cfg, codes_dir, run_dir, resuming, _text_tokenizer(cfg, resuming, text_tokenizer))
+        held = data.val if streaming else data  # validation records, in memory
         if resuming:
             cfg, _ = resolve_run_config(run_dir, cfg)  # the codes must still fit the saved model
         t, device = cfg.train, env.device
@@ -558,12 +719,14 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
             save_run_config(cfg, run_dir)
             if text_tok is not None:
                 text_tok.save(run_dir / "tokenizer.json")
-        report_skips(run_dir, codes_dir, len(data.codes), {}, env.is_main)
-        run = build_run(cfg, env, run_dir, text_tok, len(data.train_idx))
+        if not streaming:  # a stream is counted as it is read (below)
+            report_skips(run_dir, codes_dir, len(data.codes), {}, env.is_main)
+        run = build_run(cfg, env, run_dir, text_tok, data if streaming else len(data.train_idx))
         logger = RunLogger(run_dir, enabled=env.is_main)
-        grids = _sample_grids(cfg, env, info, data, logger)
-        uni = unigram_loss(data.codes[data.train_idx], data.codes[data.val_idx], cfg.model.codebook_size)
-        tokens_per_row = data.codes.shape[1] + (cfg.model.text.max_len if cfg.model.family == "unified" else 0)
+        grids = _sample_grids(cfg, env, info, held, logger)
+        train_codes = data.probe_train if streaming else data.codes[data.train_idx]
+        uni = unigram_loss(train_codes, held.codes[held.val_idx], cfg.model.codebook_size)
+        tokens_per_row = held.codes.shape[1] + (cfg.model.text.max_len if cfg.model.family == "unified" else 0)
 
         batches = iter(run.batches)
         bar = progress(total=t.steps, initial=run.step, desc="train", enabled=env.is_main and show_progress)
@@ -577,8 +740,8 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
                 t0, seen = time.perf_counter(), 0
             if t.val_every and run.step % t.val_every == 0 and run.step != t.steps:
-                val = evaluate(run, data, device)
-                logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni, **evaluate_infill(run, data, device)})
+                val = evaluate(run, held, device)
+                logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni, **evaluate_infill(run, held, device)})
             if grids is not None and t.sample_every and run.step % t.sample_every == 0:
                 grids(run.model, run.step, device)
             if ok and t.ckpt_every and run.step % t.ckpt_every == 0 and run.step != t.steps:
@@ -587,8 +750,15 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
         bar.close()
         if last_ckpt != run.step:
             checkpoint(run, run_dir)
-        val = evaluate(run, data, device)  # logged after the last checkpoint: a re-run logs it once
-        logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni, **evaluate_infill(run, data, device)})
+        if streaming and env.is_main:  # rank 0's share of the stream, like stage 1
+            where = f"{codes_dir} (rank 0's shards)" if env.distributed else codes_dir
+            loader = run.batches
+            if loader.records is not None:
+                report_skips(run_dir, where, loader.records, loader.skipped)
+            else:
+                report_skips(run_dir, f"{where}, part of one pass", None, loader.pass_skipped)
+        val = evaluate(run, held, device)  # logged after the last checkpoint: a re-run logs it once
+        logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni, **evaluate_infill(run, held, device)})
         _save_final_model(run, run_dir, text_tok, grids)
         logger.close()
         return TrainResult(run_dir=run_dir, step=run.step, val_loss=val, unigram_val_loss=uni, skipped_steps=run.skipped)
