@@ -200,11 +200,12 @@ def write_suite(path: str | Path = SUITE_PATH, seed: int = SUITE_SEED) -> int:
 
 
 def write_paraphrase_suite(path: str | Path, seed: int = SUITE_SEED) -> int:
-    """The suite's specs with :func:`paraphrase_of` prompts, as JSON lines; returns the number of prompts."""
+    """The core suite's specs (not the DrawBench categories, whose wording is the point) with
+    :func:`paraphrase_of` prompts, as JSON lines; returns the number of prompts."""
     from vqgen.io import atomic_write_text
 
     items = [{"prompt": paraphrase_of(item["spec"]), "category": item["category"], "spec": item["spec"]}
-             for item in build_suite(seed)]
+             for item in build_suite(seed) if item["category"] not in DRAWBENCH_SIZES]  # the five core categories
     atomic_write_text(Path(path), "".join(json.dumps(item) + "\n" for item in items))
     return len(items)
 
