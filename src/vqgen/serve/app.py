@@ -55,7 +55,7 @@ class ServeConfig:
 
     model_id: str = "vqgen"
     api_key: str | None = None
-    max_batch: int = 8
+    max_batch: int = 32
     max_queue: int = 64
     max_n: int = 8
     timeout: float = 300.0

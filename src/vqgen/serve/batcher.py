@@ -90,7 +90,7 @@ class Batcher:
     ``continuous``: requests join the running decode loop step by step (module doc).
     """
 
-    def __init__(self, pipe, max_batch: int = 8, max_queue: int = 64, window: float = 0.01,
+    def __init__(self, pipe, max_batch: int = 32, max_queue: int = 64, window: float = 0.01,
                  continuous: bool = True):
         self.pipe = pipe
         self.max_batch = max_batch

@@ -30,8 +30,9 @@ def register(sub) -> None:
                    help="require 'Authorization: Bearer KEY' on every route but /health, the page shell "
                         "and signed image URLs; the API docs and schema need it too "
                         "(default: $VQGEN_API_KEY, else no key)")
-    p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
-                   help="most images sampled together in one loop: its slots (default 8)")
+    p.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
+                   help="most image rows sampled together (images x rerank candidates): the slots of the "
+                        "decode loop (default 32)")
     p.add_argument("--batching", choices=["continuous", "request"], default="continuous",
                    help="continuous (default): a request joins the running decode loop at its next step "
                         "and leaves when its images are done; request: requests that arrive while a batch "
