@@ -22,9 +22,12 @@ def tiny_pipeline(with_reranker: bool = True) -> TextToImagePipeline:
                       sampling=SamplingConfig(guidance_scale=3.0))
 
 
+NUM_CATEGORIES = len({s["category"] for s in build_suite()})  # the five core + the DrawBench categories
+
+
 @pytest.fixture(scope="module")
 def suite():
-    return select_prompts(build_suite(), per_category=2)  # 10 prompts, two of each category
+    return select_prompts(build_suite(), per_category=2)  # two prompts of each category
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +74,10 @@ def test_accuracies_follow_the_images(suite, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
     for name, s in summary["settings"].items():
         kept = setting_rows(rows, name)
-        assert s["n"] == len(kept) == 20
+        assert s["n"] == len(kept) == 2 * 2 * NUM_CATEGORIES
         assert {c: v["accuracy"] for c, v in s["categories"].items()} == _recount(kept)
+        core = [r["passed"] for r in kept if r["category"] in ("single", "count", "relation", "binding", "multi")]
+        assert s["core_overall"] == {"n": len(core), "accuracy": round(sum(core) / len(core), 4)}
     g0, g4 = summary["settings"]["g0"]["overall"], summary["settings"]["g4"]["overall"]
     assert 0.1 < g0 < g4  # right with probability 0.3 vs 0.7
     for g in ("g0", "g4"):  # an oracle reranker keeps a passing candidate whenever there is one
@@ -95,7 +100,7 @@ def test_cli_report_files_and_summary(pipe_dir, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary == json.loads((out / "summary.json").read_text())
-    assert summary["prompts"] == 10 and summary["samples"] == 2 and summary["rerank"] == 3
+    assert summary["prompts"] == 2 * NUM_CATEGORIES and summary["samples"] == 2 and summary["rerank"] == 3
     assert list(summary["settings"]) == ["g1", "g3", "g1-best3", "g3-best3"]
     assert "--rerank 3" in summary["command"]
     for name in ("report.md", "results.jsonl", "accuracy_vs_guidance.svg"):
@@ -104,12 +109,13 @@ def test_cli_report_files_and_summary(pipe_dir, tmp_path, capsys):
         assert (out / f"grid_{cat}.png").is_file(), cat
     assert (out / "accuracy_vs_guidance.svg").read_text().startswith("<svg")
     assert "| **overall** |" in (out / "report.md").read_text()
+    assert "| overall of the five core categories |" in (out / "report.md").read_text()
 
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == summary["images_generated"] == 2 * 10 * 2 * 3  # guidance x prompts x samples x candidates
+    assert len(rows) == summary["images_generated"] == 2 * (2 * NUM_CATEGORIES) * 2 * 3  # guidance x prompts x samples x candidates
     for name, s in summary["settings"].items():
         kept = setting_rows(rows, name)
-        assert len(kept) == s["n"] == 20
+        assert len(kept) == s["n"] == 2 * 2 * NUM_CATEGORIES
         assert {c: v["accuracy"] for c, v in s["categories"].items()} == _recount(kept)
         assert s["overall"] == round(sum(r["passed"] for r in kept) / len(kept), 4)
     for g in ("g1", "g3"):
@@ -125,7 +131,7 @@ def test_cli_report_files_and_summary(pipe_dir, tmp_path, capsys):
     # the kept images are an image folder that `--images` re-scores to the same accuracy
     assert main(["eval", "shapes", "--images", str(out / "images" / "g3-best3"), "--no-progress"]) == 0
     rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert rescored["num"] == 20 and rescored["overall"] == summary["settings"]["g3-best3"]["overall"]
+    assert rescored["num"] == 2 * 2 * NUM_CATEGORIES and rescored["overall"] == summary["settings"]["g3-best3"]["overall"]
 
 
 def test_same_images_whatever_the_batch(suite, tmp_path):
@@ -205,6 +211,6 @@ def test_cli_reranker_option_replaces_the_pipelines(tmp_path, capsys):
     assert main(args) == 2 and "reranker" in capsys.readouterr().err
     assert main(args + ["--reranker", str(tmp_path / "rr")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert list(summary["settings"]) == ["g2", "g2-best2"] and summary["settings"]["g2-best2"]["n"] == 5
+    assert list(summary["settings"]) == ["g2", "g2-best2"] and summary["settings"]["g2-best2"]["n"] == NUM_CATEGORIES
     assert main(args + ["--reranker", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.startswith("vqgen: error:")
