@@ -2,6 +2,8 @@
 save → load, the upsampler stage after a token pipeline. Tiny models (16/32 px), seconds each."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -189,3 +191,32 @@ def test_diffusion_sr_stage_ends_a_token_pipeline():
     out = pipe(["a red circle"], num_images=2, super_resolution=True, output_type="pt",
                generator=[torch.Generator().manual_seed(0)])
     assert out.images[0].shape == (3, 32, 32)
+
+
+def test_eval_shapes_and_serve_drive_a_diffusion_cascade(tmp_path):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from vqgen.cli import main
+    from vqgen.serve.app import ServeConfig, create_app
+
+    path = tiny_cascade().save_pretrained(tmp_path / "cascade")
+    assert main(["eval", "shapes", "--model", str(path), "--out", str(tmp_path / "report"), "--per-category", "1",
+                 "--samples", "1", "--guidance", "1,3", "--thresholding", "static", "--no-images",
+                 "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert {"misspelling", "rare_words", "long"} <= set(json.dumps(summary).replace('"', " ").split())
+
+    from vqgen.pipelines import load_pipeline
+
+    with TestClient(create_app(load_pipeline(path), ServeConfig(max_n=2))) as client:
+        assert client.get("/health").json()["sizes"] == ["8x8", "16x16"]  # `size` picks the cascade stage
+        for size, side in (("8x8", 8), ("16x16", 16)):
+            r = client.post("/v1/images/generations", json={"prompt": "a red circle", "n": 1, "size": size,
+                                                            "seed": 1, "response_format": "b64_json"})
+            assert r.status_code == 200, r.text
+            image = Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"])))
+            assert image.size == (side, side)
