@@ -203,7 +203,7 @@ def edit(pipe, image, box: Box, prompt: str, num_images: int = 1, *, settings: S
     source_codes = pipe.tokenizer.encode(source[None].to(dev)).to(pipe.device)  # (1, h, w)
     k = s.rerank
     rows = num_images * k
-    gens = _row_generators(generator, [text] * num_images, k) if isinstance(generator, (list, tuple)) else generator
+    gens = _row_generators(generator, [text] * num_images, k)  # one per image: its candidates share it
     cond = pipe.condition([text] * rows, pipe.device)
     codes = infill(pipe.transformer, source_codes.expand(rows, *cells.shape), cells.expand(rows, -1, -1), cond, s,
                    generator=gens, guidance=s.row_guidance(None, rows, 1), clusters=pipe.clusters)  # (R, h, w)
