@@ -88,14 +88,16 @@ def _tiny() -> DiffusionConfig:
 
 @register_preset(FAMILY, "base-small")
 def _base_small() -> DiffusionConfig:
-    """32 px, three levels of 32/64/96 channels, cross-attention at 16 and 8 px (~2.8M parameters)."""
-    return DiffusionConfig(channels=(32, 64, 96), cross_attention=(False, True, True))
+    """32 px, three levels of 32/64/96 channels, cross-attention at 16 and 8 px (~2.8M parameters);
+    48 text tokens (the suite's long descriptions run to ~45)."""
+    return DiffusionConfig(channels=(32, 64, 96), cross_attention=(False, True, True), text=TextConfig(max_len=48))
 
 
 @register_preset(FAMILY, "base-64")
 def _base_64() -> DiffusionConfig:
     """64 px, four levels of 32/64/96/128 channels (the Imagen base resolution)."""
-    return DiffusionConfig(image_size=64, channels=(32, 64, 96, 128), cross_attention=(False, False, True, True))
+    return DiffusionConfig(image_size=64, channels=(32, 64, 96, 128), cross_attention=(False, False, True, True),
+                           text=TextConfig(max_len=48))
 
 
 @register_preset(FAMILY, "sr-tiny")
@@ -145,7 +147,6 @@ class DiffusionUNet(TextModelMixin, nn.Module, PretrainedMixin):
     """ε-prediction U-Net: ``(x_t (B, 3, S, S), t (B,), text, mask[, low_res, aug_level]) → ε̂``."""
 
     config_class = DiffusionConfig
-    cond_kind = "text"
 
     def __init__(self, config: DiffusionConfig):
         super().__init__()
