@@ -14,6 +14,7 @@ from vqgen.diffusion.sampling import (DiffusionSampling, dynamic_threshold, guid
 from vqgen.errors import ConfigError, VqgenError
 from vqgen.transformer.config import TextConfig
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")  # numpy 2 copy= in DPM-Solver
 CAPTIONS = ["a red circle", "two blue squares", "a green triangle above a red circle", "a small yellow square"] * 3
 
 
