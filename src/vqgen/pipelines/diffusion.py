@@ -172,10 +172,10 @@ class DiffusionTextToImagePipeline(TextToImagePipeline):
         text, mask = self.unet.encode_prompts(rows)
         images = (sample(self.unet, text, mask, guidance=guidance, settings=d, generator=gens,
                          progress=progress) + 1) / 2  # (R, 3, S, S)
-        if super_resolution:
-            if isinstance(self.upsample_stage, DiffusionUpsampler):
-                self.upsample_stage.settings = d
-            images = self.upsample_stage(images, rows, gens)  # (R, 3, S*k, S*k)
+        if super_resolution:  # a diffusion SR stage samples with this call's settings
+            stage = DiffusionUpsampler(self.upsampler, d) if isinstance(self.upsample_stage, DiffusionUpsampler) \
+                else self.upsample_stage
+            images = stage(images, rows, gens)  # (R, 3, S*k, S*k)
         return PipelineOutput(images=to_output_images(images, output_type),
                               codes=torch.zeros(len(rows), 0, dtype=torch.long), scores=None, prompts=rows)
 
