@@ -30,8 +30,8 @@ def register(sub) -> None:
         description="With --videos: score every clip of a clip folder against the 'spec' of its metadata.jsonl row "
                     "(objects read in every frame by the shapes evaluator, tracked across frames, scored for "
                     "object/colour, action and temporal consistency). With --model: generate --samples clips per "
-                    "suite prompt and score them. Prints accuracy per category and the JSON summary as the last "
-                    "line.")
+                    "suite prompt and score them. With --tokenizer: score ground-truth suite clips after a tokenizer "
+                    "round trip. Prints accuracy per category and the JSON summary as the last line.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", metavar="DIR", help="clip folder (e.g. made by `vqgen data motion`)")
     src.add_argument("--model", nargs="?", const="", metavar="DIR",
@@ -56,7 +56,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="with --model/--tokenizer: seed of the samples (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="with --model: write summary.json, results.jsonl and the clips (a clip folder) here")
+                   help="with --model: write report.md, grids/<category>.png, summary.json, results.jsonl and "
+                        "the clips (a clip folder) here")
     p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, mps or auto (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=_eval)
