@@ -9,7 +9,7 @@ tensors, not of the allocator's free lists. The planner is asked for the same mo
 dtype with no FSDP, no bf16 and no runtime overhead; its total (parameters + gradients + AdamW
 states + activations at the start of backward) is compared with the measured peak.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/plan_memory.py [--dim 256 --depth 6 --grid 16 --batch 16]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/plan_memory.py [--dim 256 --depth 6 --grid 16 --batch 16] [--ckpt]
 
 Final line: ``plan_memory: measured_mb=… planned_mb=… ratio=… (planned/measured) params=… ...``
 """
@@ -48,6 +48,10 @@ def measure(args) -> dict:
     base = _status_mb("VmRSS")
     seed_everything(0)
     model = build_model(cfg)
+    if args.ckpt:
+        from vqgen.distributed import checkpoint_activations
+
+        checkpoint_activations(model.blocks)
     step = LossModule(model)
     opt = make_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-4))
     for _ in range(3):
@@ -58,7 +62,7 @@ def measure(args) -> dict:
     peak = _status_mb("VmHWM")
     p = plan(cfg, "bench", 1, 80, batch=args.batch, optimizer="adamw", bf16=False, fsdp=False, overhead_gb=0.0)
     planned = {k: v / 2**20 for k, v in p.bytes.items()}
-    return {"measured_mb": peak - base, "planned_mb": planned["total"], "planned": planned,
+    return {"measured_mb": peak - base, "planned_mb": planned["total_ckpt" if args.ckpt else "total"], "planned": planned,
             "params": p.total_params}
 
 
@@ -70,6 +74,7 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=16)
     ap.add_argument("--codebook", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--ckpt", action="store_true", help="with activation checkpointing of the blocks")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -83,6 +88,7 @@ def main() -> None:
     print(f"plan_memory: measured_mb={r['measured_mb']:.1f} planned_mb={r['planned_mb']:.1f} "
           f"ratio={r['planned_mb'] / r['measured_mb']:.3f} params={r['params']} model=vim dim={args.dim} "
           f"depth={args.depth} grid={args.grid}x{args.grid} codebook={args.codebook} batch={args.batch} fp32 adamw "
+          f"activation_checkpointing={args.ckpt} "
           f"planned_parts_mb: {parts}")
 
 
