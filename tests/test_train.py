@@ -104,15 +104,22 @@ def test_resume_refuses_a_different_model(codes_dir, tmp_path):
 
 
 def initial_weights(run: Path) -> dict:
-    """The weights a run started from: its saved config's model, built as the trainer builds it."""
+    """The weights a run started from: its saved config's model, built as the trainer builds it
+    (on the meta device and materialised with the shard-invariant init under FSDP)."""
+    from vqgen import distributed as fsdp
     from vqgen.io import load_config
     from vqgen.runtime import seed_everything
     from vqgen.transformer import build_model
     from vqgen.transformer.config import RunConfig
+    from vqgen.transformer.train import LossModule, init_token_model
 
     cfg = load_config(RunConfig, run / "config.json")
     seed_everything(cfg.train.seed)
-    return build_model(cfg.model).state_dict()
+    if not cfg.train.fsdp:
+        return build_model(cfg.model).state_dict()
+    model = fsdp.on_meta(lambda: build_model(cfg.model))
+    fsdp.materialize(LossModule(model), "cpu", cfg.train.seed, lambda _: init_token_model(model))
+    return model.state_dict()
 
 
 # one plain SGD step without clipping: the update is linear in the gradient (see tests/tolerances.py)
@@ -277,10 +284,10 @@ def test_two_gloo_processes_give_the_same_update_as_one_with_the_doubled_batch(c
     # BPE training is not deterministic across processes: both runs share one tokenizer
     tok = TextTokenizer.train([f"a {c} square" for c in COLOURS], vocab_size=64).save(tmp_path / "tokenizer.json")
     dist_args = DIST + ["--text-tokenizer", str(tok)]
+    extra = ["--set", "train.fsdp=true"] if mode == "fsdp" else []  # FSDP: one process is a 1-rank FSDP run
     one = tmp_path / "one"
     assert cli_main(["train", "--codes", str(codes_dir), "--preset", "parti-tiny", "--out", str(one), "--steps", "1",
-                     "--set", "train.batch_size=8"] + dist_args) == 0
-    extra = ["--set", "train.fsdp=true"] if mode == "fsdp" else []
+                     "--set", "train.batch_size=8"] + dist_args + extra) == 0
     two = tmp_path / "two"
     _torchrun(["train", "--codes", str(codes_dir), "--preset", "parti-tiny", "--out", str(two), "--steps", "1",
                "--set", "train.batch_size=4"] + dist_args + extra)
