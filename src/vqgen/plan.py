@@ -49,6 +49,9 @@ class Shape:
     sandwich: bool = False
     dropout: float = 0.0
     pretrained_width: int = 0  # parti with a frozen pretrained text encoder: its hidden size
+    text_norm: bool = False    # parti: LayerNorms on the frozen states (and the pooled text)
+    text_pool: bool = False    # parti: the pooled text projected into every decoder input
+    adapter_depth: int = 0     # parti: trained blocks over the projected frozen states
 
 
 def _tokens(grid) -> int:
@@ -71,7 +74,9 @@ def shape_of(model_cfg) -> Shape:
                  enc_depth=getattr(c, "encoder_depth", 0) if trained else 0, codebook=c.codebook_size,
                  grid=tuple(c.grid), image_tokens=_tokens(c.grid), text_len=text.max_len if text is not None else 0,
                  text_vocab=text.vocab_size if text is not None else 0, classes=getattr(c, "num_classes", 0),
-                 sandwich=c.norm == "sandwich", dropout=c.dropout, pretrained_width=pre)
+                 sandwich=c.norm == "sandwich", dropout=c.dropout, pretrained_width=pre,
+                 text_norm=getattr(c, "text_norm", False), text_pool=getattr(c, "text_pool", False),
+                 adapter_depth=getattr(c, "adapter_depth", 0))
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -96,10 +101,16 @@ def param_breakdown(s: Shape) -> dict[str, int]:
         root = s.codebook * d + (s.classes + 1) * d + pos + 2 * d + d * s.codebook
         return {"blocks": s.depth * block_params(d, s.mlp, False, s.sandwich), "encoder": 0, "root": root}
     if s.family == "parti":
-        text = (s.text_vocab * d + s.text_len * d) if s.pretrained_width == 0 else s.pretrained_width * d + d
+        if s.pretrained_width == 0:
+            text = s.text_vocab * d + s.text_len * d
+        else:  # the projection of the frozen states, their optional LayerNorm
+            text = s.pretrained_width * d + d + (2 * s.pretrained_width if s.text_norm else 0)
+        if s.text_pool:
+            text += d * d + d + (2 * d if s.text_norm else 0)
         root = text + 2 * d + d + d + s.codebook * d + pos + 2 * d + d * s.codebook  # enc_norm, null, bos
+        text_blocks = s.enc_depth + s.adapter_depth
         return {"blocks": s.depth * block_params(d, s.mlp, True, s.sandwich),
-                "encoder": s.enc_depth * block_params(d, s.mlp, False, s.sandwich), "root": root}
+                "encoder": text_blocks * block_params(d, s.mlp, False, s.sandwich), "root": root}
     if s.family == "unified":
         root = s.text_vocab * d + s.text_len * d + s.codebook * d + pos + 2 * d + d * s.text_vocab + d * s.codebook
         return {"blocks": s.depth * block_params(d, s.mlp, False, s.sandwich), "encoder": 0, "root": root}
