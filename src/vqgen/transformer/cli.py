@@ -11,11 +11,14 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a token transformer on pre-tokenized codes (resumes an existing RUN)",
                        description="Train VIM / Parti / unified transformers on CODES written by "
                                    "`vqgen tokenizer encode`. Runs on CPU, a GPU, or under torchrun (DDP; FSDP "
-                                   "with --set train.fsdp=true). Re-running the same command on an existing RUN "
+                                   "with --set train.fsdp=true: built on the meta device, sharded checkpoints; `vqgen export` "
+                                   "gathers one). Re-running the same command on an existing RUN "
                                    "resumes it (only steps, intervals and time limits may change). Fine-tune with "
                                    "--set train.init_from=MODEL_OR_RUN and keep parameters fixed with "
                                    "--set train.freeze='blocks.0.*,tok_emb*' (name patterns).")
-    p.add_argument("--codes", required=True, metavar="CODES", help="code directory (info.json + shards)")
+    p.add_argument("--codes", required=True, metavar="CODES",
+                   help="code directory (info.json + shards), or WebDataset code shards to stream: a folder of "
+                        ".tar (vqgen data code-shards), a brace pattern, a file: or pipe: URL (docs/scaling.md)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset (see `vqgen transformer presets`); required for a new run")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (resumed if it exists)")
