@@ -238,7 +238,7 @@ class StreamData:
 
 
 def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, text_tokenizer=None):
-    """Fit the config to streamed code shards from their first :data:`PROBE` records: the grid,
+    """Fit the config to streamed code shards from their first :data:`PROBE` training records: the grid,
     the classes, the BPE (rank 0 trains it on their captions); the codebook is the config's
     (``model.codebook_size``: codes outside it are skipped as ``bad_codes``). Returns (config,
     StreamData, info, text tokenizer or None)."""
@@ -247,9 +247,9 @@ def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, t
     m, t = cfg.model, cfg.train
     every = max(2, round(1 / t.val_fraction))
     probe = ShardDataset(source, kind="codes", codebook_size=m.codebook_size, rank=0, world_size=1)
-    front = [rec for _, rec in itertools.islice(probe.samples(), PROBE)]
+    front = [rec for _, rec in itertools.islice(probe.samples(exclude=functools.partial(held_out, every=every)), PROBE)]
     if not front:
-        raise VqgenError(f"{source}: no readable code sample (skipped: {dict(probe.skipped) or 'none'})")
+        raise VqgenError(f"{source}: no readable training sample (skipped: {dict(probe.skipped) or 'none'})")
     grid = tuple(front[0].codes.shape)
     front = [r for r in front if tuple(r.codes.shape) == grid]
     probe2 = ShardDataset(source, kind="codes", codebook_size=m.codebook_size, rank=0, world_size=1)
@@ -258,7 +258,6 @@ def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, t
     val = [r for r in val if tuple(r.codes.shape) == grid]
     if not val:
         raise VqgenError(f"{source}: no held-out record among the first samples (train.val_fraction={t.val_fraction})")
-    train_recs = [r for r in front if not any(r is v for v in val)] or front
     want = t.condition
     if want == "auto":
         want = "text" if m.family != "vim" else ("class" if all(r.label is not None for r in front) else "none")
@@ -278,7 +277,7 @@ def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, t
 
             encode = FrozenTextEncoder(m.text.pretrained_dir).encode
         else:
-            tok = _bpe(m, run_dir, resuming, text_tokenizer, [r.text for r in train_recs if r.text])
+            tok = _bpe(m, run_dir, resuming, text_tokenizer, [r.text for r in front if r.text])
             encode = tok.encode
             changes["text"] = dataclasses.replace(m.text, vocab_size=tok.vocab_size)
         text_ids, text_mask = encode([r.text for r in val], m.text.max_len)
@@ -286,7 +285,7 @@ def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, t
     val_codes = torch.stack([r.codes for r in val]).flatten(1)  # (V, N)
     val_data = TrainData(codes=val_codes, labels=labels, text_ids=text_ids, text_mask=text_mask,
                          train_idx=torch.zeros(0, dtype=torch.long), val_idx=torch.arange(len(val)), seed=t.seed)
-    data = StreamData(str(source), val_data, torch.stack([r.codes for r in train_recs]).flatten(1), every,
+    data = StreamData(str(source), val_data, torch.stack([r.codes for r in front]).flatten(1), every,
                       want == "class", encode, m.text.max_len if want == "text" else 0)
     return cfg, data, {}, tok
 
