@@ -3,11 +3,13 @@ with the same loss as the uninterrupted run; `vqgen export` makes one safetensor
 import json
 import shutil
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from vqgen.cli import main as cli_main
+from vqgen.errors import VqgenError
 
 from tests.test_fsdp import SETS, free_port, join_group
 from tests.test_train import make_codes
@@ -59,3 +61,23 @@ def test_two_rank_sharded_checkpoint_resumes_on_one_rank_with_the_same_loss(tmp_
     one, two = (load_file(str(r / "model" / "model.safetensors")) for r in (resumed, straight))
     assert_same_sgd_step(one, two, w2, terms=8 * 16)
     assert cli_main(["export", str(tmp_path / "codes"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_batch_position_moves_to_another_number_of_ranks():
+    """EpochBatches keeps the records read this epoch: 2 ranks x 4 resumed on 1 rank x 4 (two
+    micro-batches a step) read the same records next, step by step."""
+    from vqgen.runtime import EpochBatches
+
+    ranks = [EpochBatches(40, 4, seed=5, rank=r, world_size=2) for r in range(2)]
+    its = [iter(b) for b in ranks]
+    for _ in range(3):
+        [next(it) for it in its]
+    one = EpochBatches(40, 4, seed=5)
+    one.load_state_dict(ranks[0].state_dict())
+    it1 = iter(one)
+    for _ in range(2):  # the rest of the epoch (5 global batches of 8) goes on from the same record
+        two_ranks = sorted(x for it in its for x in next(it).tolist())
+        assert sorted(next(it1).tolist() + next(it1).tolist()) == two_ranks
+    bad = EpochBatches(40, 3, seed=5)
+    with pytest.raises(VqgenError, match="not a whole number of batches"):
+        bad.load_state_dict(ranks[0].state_dict())
