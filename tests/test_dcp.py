@@ -81,3 +81,22 @@ def test_batch_position_moves_to_another_number_of_ranks():
     bad = EpochBatches(40, 3, seed=5)
     with pytest.raises(VqgenError, match="not a whole number of batches"):
         bad.load_state_dict(ranks[0].state_dict())
+
+
+def test_a_corrupt_shard_falls_back_to_the_checkpoint_before(tmp_path, capsys):
+    """One process, a 1-rank FSDP group: a truncated shard file makes its checkpoint unusable and
+    the run resumes from the one before, saying so (the lifecycle's fallback, sharded)."""
+    from vqgen.transformer.train import train
+
+    codes = make_codes(tmp_path / "codes")
+    run = tmp_path / "run"
+    sets = SETS + ["train.batch_size=8", "train.ckpt_every=2", "train.log_every=1"]
+    train(codes, run, preset="vim-tiny", steps=4, overrides=sets, show_progress=False)
+    shard = run / "checkpoints" / "step-0000004" / "dcp" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    shutil.rmtree(run / "model")
+    res = train(codes, run, preset="vim-tiny", steps=4, overrides=sets, show_progress=False)
+    assert res.step == 4
+    out = capsys.readouterr().out
+    assert "resuming from step-0000002: newer checkpoint step-0000004" in out and "unusable" in out
+    assert sorted(losses(run)) == [1, 2, 3, 4]
