@@ -62,22 +62,9 @@ def load_suite(path: str | Path | None = None) -> list[dict]:
     when an installation lacks it). Every spec is validated; a bad line is an error naming it."""
     if path is None and not SUITE_PATH.is_file():
         return build_suite()
-    path = Path(path or SUITE_PATH)
-    if not path.is_file():
-        raise VqgenError(f"prompt suite {path} does not exist")
-    suite = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-                raise VqgenError("expected an object with a 'prompt' string")
-            spec = validate_spec(item.get("spec"))
-        except (ValueError, VqgenError) as e:
-            raise VqgenError(f"{path}:{lineno}: {e}") from None
-        suite.append({"prompt": item["prompt"], "category": item.get("category") or category_of(spec), "spec": spec})
-    return suite
+    from vqgen.shapes.suite import read_prompt_file
+
+    return read_prompt_file(Path(path or SUITE_PATH), validate_spec, category_of)
 
 
 @lru_cache(maxsize=4)

@@ -256,7 +256,13 @@ def load_suite(path: str | Path | None = None) -> list[dict]:
         return build_suite()
     if isinstance(path, str) and path in SUITE_NAMES and not Path(path).exists():
         path = SUITE_NAMES[path]
-    path = Path(path or SUITE_PATH)
+    return read_prompt_file(Path(path or SUITE_PATH), validate_spec, category_of)
+
+
+def read_prompt_file(path: Path, validate, categorize) -> list[dict]:
+    """Prompt-suite JSON lines ``{prompt, category?, spec}`` with every spec checked by ``validate``
+    (the category defaults to ``categorize(spec)``); a bad line is an error naming it. Shared by the
+    image and motion domains."""
     if not path.is_file():
         raise VqgenError(f"prompt suite {path} does not exist")
     suite = []
@@ -267,10 +273,10 @@ def load_suite(path: str | Path | None = None) -> list[dict]:
             item = json.loads(line)
             if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
                 raise VqgenError("expected an object with a 'prompt' string")
-            spec = validate_spec(item.get("spec"))
+            spec = validate(item.get("spec"))
         except (ValueError, VqgenError) as e:
             raise VqgenError(f"{path}:{lineno}: {e}") from None
-        suite.append({"prompt": item["prompt"], "category": item.get("category") or category_of(spec),
+        suite.append({"prompt": item["prompt"], "category": item.get("category") or categorize(spec),
                       "spec": spec})
     return suite
 
