@@ -86,6 +86,7 @@ class ContinuousLoop:
         self.row_at: list[int] = []  # the row id in each busy slot: slots 0 .. busy-1
         self.left: list[int] = []  # codes each busy slot still draws
         self._next_id = 0
+        self._views: dict[int, KVCache] = {}  # the cache cut to its first n slots, by n
         self.steps_run = 0
 
     @property
@@ -141,6 +142,7 @@ class ContinuousLoop:
             if mine is None:  # first request: condition memory for every row, copied from its first
                 mine = _map(value, lambda t: t[:1].expand(self.cache.batch_size, *t.shape[1:]).clone())
                 setattr(self.cache, name, mine)
+                self._views.clear()
             _map2(mine, value, lambda b, s: b.index_copy_(0, rows, s))
 
     @torch.inference_mode()
@@ -171,10 +173,13 @@ class ContinuousLoop:
     # -- decoding ----------------------------------------------------------------------------
     def _view(self, slots: int) -> KVCache:
         """The loop's cache cut to its first ``slots`` slots (views: writes land in the loop's cache)."""
-        rows = slots * self.per_slot
-        view = copy.copy(self.cache)
-        for name, value in vars(self.cache).items():
-            setattr(view, name, _map(value, lambda t: t[:rows]))
+        view = self._views.get(slots)
+        if view is None:
+            rows = slots * self.per_slot
+            view = copy.copy(self.cache)
+            for name, value in vars(self.cache).items():
+                setattr(view, name, _map(value, lambda t: t[:rows]))
+            self._views[slots] = view
         return view
 
     @torch.inference_mode()

@@ -5,10 +5,12 @@ worker thread. Two ways to share the loop:
 
 * **continuous** (the default, for the ``autoregressive`` decoder of a pipeline with a token
   transformer): one running decode loop (:class:`~vqgen.sampling.continuous.ContinuousLoop`) with a
-  slot per image row. Before every decode step the task admits the waiting jobs that fit in the free
-  slots (in arrival order, same sampling settings but for guidance); a job's rows leave when its
-  images are done, and are then decoded to PNG; a job whose client went away frees its slots at the
-  next step. The loop ends when it is empty; a job with other settings waits at the head of the
+  slot per image row, driven step after step by the worker thread. Before every decode step the
+  thread admits the waiting jobs that fit in the free slots (in arrival order, same sampling
+  settings but for guidance); a job's rows leave when its images are done, and are then decoded to
+  PNG and handed to the event loop; a job whose client went away frees its slots at the next step.
+  The queue is shared under a lock, so the event loop never waits for a step, nor a step for the
+  event loop. The loop ends when it is empty; a job with other settings waits at the head of the
   queue until then (no job overtakes it), and one with more rows than slots runs alone as below.
 * **request batching** (``continuous=False``, other decoders, pipelines without a transformer):
   the task gathers compatible jobs up to ``max_batch`` images, flattens them into one prompt list
@@ -106,7 +108,8 @@ class Batcher:
         self._pending: deque[Job] = deque()
         self._running: list[Job] = []  # jobs in the continuous loop
         self._leaving: list[Job] = []  # cancelled jobs whose slots the next step frees
-        self._news = threading.Event()  # set on a new or cancelled request: the loop comes back between steps
+        self._lock = threading.Lock()  # the queue, the loop's jobs and counters, shared with the worker thread
+        self._stopping = False
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -116,15 +119,17 @@ class Batcher:
     async def start(self) -> None:
         """Start the batching task on the running event loop."""
         self._wakeup = asyncio.Event()
+        self._stopping = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqgen-sampler")
         self._task = asyncio.create_task(self._loop(), name="vqgen-batcher")
 
     async def stop(self) -> None:
         """Stop taking work, fail the waiting requests, and wait for the running batch to end."""
         task, self._task = self._task, None
-        self._news.set()  # a running loop's worker returns after its current step
-        while self._pending:
-            job = self._pending.popleft()
+        self._stopping = True  # a running loop's worker returns after its current step
+        with self._lock:
+            waiting, self._pending = list(self._pending), deque()
+        for job in waiting:
             if not job.result.done():
                 job.result.set_exception(NotRunning("the server is shutting down"))
         if task is not None:
@@ -147,9 +152,9 @@ class Batcher:
             raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry later")
         job.result = asyncio.get_running_loop().create_future()
         job.enqueued_at = time.monotonic()
-        self._pending.append(job)
+        with self._lock:
+            self._pending.append(job)
         self._wakeup.set()
-        self._news.set()
         return job.result
 
     def cancel(self, job: Job, reason: str = "cancelled") -> None:
@@ -159,12 +164,12 @@ class Batcher:
         freeing its slots; a job in a request batch finishes unseen (a pipeline call cannot be
         interrupted part-way).
         """
-        if job in self._pending:
-            self._pending.remove(job)
-        elif job in self._running:
-            self._running.remove(job)
-            self._leaving.append(job)
-            self._news.set()
+        with self._lock:
+            if job in self._pending:
+                self._pending.remove(job)
+            elif job in self._running:
+                self._running.remove(job)
+                self._leaving.append(job)
         if not job.result.done():
             job.result.cancel()
             self.stats[f"requests_{reason}"] += 1
@@ -285,73 +290,77 @@ class Batcher:
         return admit
 
     async def _run_continuous(self) -> None:
-        """One continuous loop, from its first request until it is empty."""
+        """One continuous loop, from its first request until it is empty (driven by :meth:`_drive`)."""
         from vqgen.sampling.continuous import ContinuousLoop
 
         loop = asyncio.get_running_loop()
         head = self._pending[0]
-        key = head.batch_key
         engine = await loop.run_in_executor(self._executor, ContinuousLoop, self.pipe.transformer, self.max_batch,
                                             head.settings, self.pipe.clusters)
         self.stats["batches_run"] += 1
-        number, started = self.stats["batches_run"], False
         try:
-            while True:
-                self._news.clear()
-                admit = self._admissions(key)
-                if not self._running and not admit:
-                    break
-                if admit:
-                    log.info("loop %d: %d requests join (%d rows)%s", number, len(admit), sum(j.rows for j in admit),
-                             " at a running step" if started else "")
-                    self.stats["requests_joined_running"] += len(admit) if started else 0
-                self._running += admit
-                leaving, self._leaving = self._leaving, []
-                rows = sum(j.rows for j in self._running)
-                self._running_images = rows
-                self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], len(self._running))
-                self.stats["max_batch_images"] = max(self.stats["max_batch_images"], rows)
-                try:
-                    steps, failed, finished = await loop.run_in_executor(self._executor, self._advance, engine, admit,
-                                                                         leaving, list(self._running))
-                except Exception as e:  # the loop itself failed: every job in it gets the error
-                    log.exception("loop %d failed", number)
-                    self._fail(self._running, e)
-                    self._running = []
-                    break
-                started = True
-                self.stats["steps_run"] += steps
-                for job, error in failed:
-                    self._fail([job], error)
-                for job, pngs in finished:
-                    if job in self._running:
-                        self._running.remove(job)
-                        self.stats["images_generated"] += job.rows
-                        if not job.result.done():
-                            job.result.set_result(pngs)
-                            self.stats["requests_served"] += 1
+            await loop.run_in_executor(self._executor, self._drive, engine, head.batch_key, loop,
+                                       self.stats["batches_run"])
+        except Exception as e:  # the loop itself failed: every job in it gets the error
+            log.exception("loop %d failed", self.stats["batches_run"])
+            with self._lock:
+                jobs, self._running = self._running, []
+            self._deliver([(job, e) for job in jobs], [])
         except asyncio.CancelledError:  # the server is stopping
-            self._fail(self._running, NotRunning("the server is shutting down"))
-            self._running = []
+            with self._lock:
+                jobs, self._running = self._running, []
+            self._deliver([(job, NotRunning("the server is shutting down")) for job in jobs], [])
             raise
         finally:
             self._running_images = 0
             self._leaving = []
 
-    def _fail(self, jobs: list[Job], error: Exception) -> None:
-        for job in jobs:
-            if job in self._running:
-                self._running.remove(job)
+    def _deliver(self, failed: list, finished: list) -> None:
+        """Event loop: answer the jobs that failed and those whose images are done."""
+        for job, error in failed:
             if not job.result.done():
                 job.result.set_exception(error)
                 self.stats["requests_failed"] += 1
+        for job, pngs in finished:
+            self.stats["images_generated"] += job.rows
+            if not job.result.done():
+                job.result.set_result(pngs)
+                self.stats["requests_served"] += 1
+
+    def _drive(self, engine, key, loop: asyncio.AbstractEventLoop, number: int) -> None:
+        """Worker thread: step after step, free the slots of jobs that left, prefill the joining
+        ones, run a decode step, and hand the finished jobs' PNGs to the event loop; return when
+        the loop is empty (or the server stops)."""
+        started = False
+        while not self._stopping:
+            with self._lock:
+                admit = self._admissions(key)
+                leaving, self._leaving = self._leaving, []
+                if not self._running and not admit:
+                    return
+                self._running += admit
+                running = list(self._running)
+                rows = sum(j.rows for j in running)
+                self._running_images = rows
+                self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], len(running))
+                self.stats["max_batch_images"] = max(self.stats["max_batch_images"], rows)
+                self.stats["requests_joined_running"] += len(admit) if started else 0
+            if admit:
+                log.info("loop %d: %d requests join (%d rows)%s", number, len(admit), sum(j.rows for j in admit),
+                         " at a running step" if started else "")
+            failed, finished = self._advance(engine, admit, leaving, running)
+            started = True
+            if failed or finished:
+                with self._lock:
+                    for job, _ in failed + finished:
+                        if job in self._running:
+                            self._running.remove(job)
+                loop.call_soon_threadsafe(self._deliver, failed, finished)
 
     def _advance(self, engine, admit: list[Job], leaving: list[Job], running: list[Job]):
-        """Worker thread: free the slots of jobs that left, prefill the joining ones, then run decode
-        steps until a job's images are done or a request arrives or leaves (``_news``), and make
-        PNGs of the finished jobs. Returns (steps run, failed jobs with their error, finished jobs
-        with their PNGs)."""
-        failed, finished, steps = [], [], 0
+        """One step of the loop: release, join, decode, and make PNGs of the finished jobs.
+        Returns (failed jobs with their error, finished jobs with their PNGs)."""
+        failed, finished = [], []
         with torch.inference_mode():
             for job in leaving:
                 if job.row_ids is not None:
@@ -362,12 +371,10 @@ class Batcher:
                 except Exception as e:  # this request only (its prompt, its settings)
                     log.exception("a request could not join the loop")
                     failed.append((job, e))
-            done = {}
-            while engine.busy and not done:
-                done = dict(engine.step())
-                steps += 1
-                if self._news.is_set():
-                    break
+            if not engine.busy:
+                return failed, finished
+            done = dict(engine.step())
+            self.stats["steps_run"] += 1
             for job in running:
                 if job.row_ids is None or not all(r in done for r in job.row_ids):
                     continue
@@ -376,7 +383,7 @@ class Batcher:
                 except Exception as e:
                     log.exception("the images of a request could not be made")
                     failed.append((job, e))
-        return steps, failed, finished
+        return failed, finished
 
     def _join(self, engine, job: Job) -> None:
         """Prefill ``job``'s rows into the loop, as the pipeline would condition and seed them."""
