@@ -181,6 +181,9 @@ def test_pooled_text_is_added_to_every_decoder_input_and_the_cache_keeps_it():
     torch.testing.assert_close(logits, full[:, 0], rtol=1e-4, atol=1e-5)
     for i in range(5):
         torch.testing.assert_close(pooled.decode_step(codes[:, i], cache), full[:, i + 1], rtol=1e-4, atol=1e-5)
+    window = pooled.new_cache(2)
+    pooled.prefill(cond, window)
+    torch.testing.assert_close(pooled.decode_window(codes[:, :5], window), full[:, 1:], rtol=1e-4, atol=1e-5)
     cache.reset()
     assert cache.pooled is None
 
