@@ -28,12 +28,13 @@ MAX_STEPS = 1000
 
 @dataclass(frozen=True)
 class DiffusionSampling:
-    """How a diffusion pipeline samples: ``scheduler`` (ddim, ddpm, dpm = DPM-Solver++ 2M),
+    """How a diffusion pipeline samples: ``scheduler`` (ddpm = ancestral sampling, the default: the most
+    forgiving of a briefly trained model; ddim; dpm = DPM-Solver++ 2M),
     ``steps``, ``eta`` (DDIM's noise; 0 = deterministic), ``thresholding`` with ``percentile`` (p
     of dynamic thresholding), and for a super-resolution stage its ``sr_steps``, ``sr_aug_level``
     (the noise-augmentation level of the low-resolution input at inference) and ``sr_guidance``."""
 
-    scheduler: Literal["ddim", "ddpm", "dpm"] = "ddim"
+    scheduler: Literal["ddim", "ddpm", "dpm"] = "ddpm"
     steps: int = 25
     eta: float = 0.0
     thresholding: Literal["none", "static", "dynamic"] = "dynamic"
@@ -103,7 +104,8 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000, beta_schedule: st
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type="epsilon",
-                  timestep_spacing="trailing")
+                  timestep_spacing="leading", steps_offset=1)  # never the last timestep: ᾱ ≈ 0 there (cosine
+    # betas), where x̂₀ = (x − √(1−ᾱ) ε̂)/√ᾱ multiplies ε̂'s error by ~10⁴ and every sample blows up
     if name == "ddim":
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
     if name == "ddpm":
