@@ -266,3 +266,13 @@ def test_video_generate_command_writes_gif_mp4_and_strip(tmp_path, capsys):
     pytest.importorskip("av")
     assert (tmp_path / "out" / "video.mp4").stat().st_size > 0
     assert "9 frames at 4 fps" in capsys.readouterr().out
+
+
+def test_the_bundled_video_model_loads_and_writes_key_frames(tmp_path):
+    from vqgen.pipelines.text_to_video import TextToVideoPipeline, video_model_dir
+
+    if not (video_model_dir() / "pipeline.json").is_file():
+        pytest.skip("the bundled video model is not built (python configs/video_model.py)")
+    pipe = TextToVideoPipeline.from_pretrained()
+    out = pipe("a red circle moves to the right", num_frames=5, fps=2, seed=0)
+    assert len(out.frames[0]) == 5 and out.frames[0][0].size == (64, 64) and out.codes.shape == (1, 5, 8, 8)
