@@ -17,9 +17,10 @@ Steps (each is skipped when its output already exists, so an interrupted run con
 6. ``vqgen video build``     tokenizer + the step-5 model -> a ``TextToVideoPipeline`` with the
                              default sampling below; ``--install`` copies it into the package.
 
-The shipped model inherits the step-1000 checkpoint of the CogLM run of issue 13 (step 1's command
-with 2,000 steps, taken at step 1,000 while it ran); rebuilt without ``--image-model`` it inherits
-that command's model trained for ``--image-steps`` steps instead, so the weights differ.
+The shipped model inherits the final model of the CogLM run of issue 13 (``runs/edit/coglm``: step
+1's command with 2,000 steps), so step 1 rebuilds the same image model; the key and interpolation
+runs use a constant learning rate, so ``--key-steps``/``--interp-steps`` reproduce the CPU-limited
+runs of ``bench/video_inherit.py`` that the shipped model comes from.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ CLIPS = 1500
 IMAGE = ["--preset", "unified-small", "--set", "model.coglm_mix=0.5", "--set", "model.dropout=0.0",
          "--set", "train.batch_size=64", "--set", "train.val_every=250", "--set", "train.ckpt_every=250",
          "--set", "train.log_every=20", "--set", "train.warmup_steps=50"]
-KEY_STEPS = 200        # what 5 CPU-minutes gave the (a) run of bench/video_inherit.py
-INTERP_STEPS = 150     # what 3 CPU-minutes gave its interpolation run
+KEY_STEPS = 140        # what 3 CPU-minutes gave the (a) run of bench/video_inherit.py (2026-12-03)
+INTERP_STEPS = 71      # what 1.5 CPU-minutes gave its interpolation run
 # default sampling of the bundled pipeline: the best of bench/video_inherit.py's sweep (docs/cogvideo.md)
 GUIDANCE = 2.0
 TEMPERATURE = 0.7
