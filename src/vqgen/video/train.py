@@ -34,7 +34,7 @@ from vqgen.config import register_preset, require
 from vqgen.errors import VqgenError
 from vqgen.runtime import (EpochBatches, Limits, RunLogger, freeze, load_weights, lr_factor, metrics_bytes,
                            progress, requested_config, resolve_run_config, resume_from, rng_state, save_checkpoint,
-                           save_final, save_run_config, seed_everything, set_lr, set_rng_state)
+                           save_final, save_run_config, seed_everything, set_rng_state)
 
 FAMILY = "video"
 CODES_NAME, META_NAME, INFO_NAME = "clips.safetensors", "clips.jsonl", "info.json"
@@ -62,6 +62,7 @@ class VideoTrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     schedule: Literal["constant", "cosine"] = "constant"  # constant: a run cut by a CPU limit is a prefix of a longer one
+    gate_lr_scale: float = 1.0      # the gates' learning rate = lr * this (a zero gate opens by ~lr per Adam step)
     warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -79,6 +80,7 @@ class VideoTrainConfig:
         require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         require(0 <= self.cond_dropout < 1, "train.cond_dropout", "must be in [0, 1)")
         require(0 < self.val_fraction < 1, "train.val_fraction", "must be in (0, 1)")
+        require(self.gate_lr_scale > 0, "train.gate_lr_scale", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,10 @@ def train(codes: str | Path, run_dir: str | Path, preset: str | None = None, ove
     data = load_clip_data(codes, model, cfg.model.frame_rates, t.val_fraction, t.seed)
     save_run_config(cfg, run_dir)
     model.text_tokenizer.save(run_dir / "tokenizer.json")
-    opt = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.96), weight_decay=t.weight_decay)
+    gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(".gate")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".gate")]
+    opt = torch.optim.AdamW([{"params": rest, "scale": 1.0}, {"params": gates, "scale": t.gate_lr_scale}],
+                            lr=t.lr, betas=(0.9, 0.96), weight_decay=t.weight_decay)
     batches = EpochBatches(len(data.train_idx), t.batch_size, seed=t.seed)
     logger = RunLogger(run_dir)
 
@@ -314,7 +319,9 @@ def train(codes: str | Path, run_dir: str | Path, preset: str | None = None, ove
         g = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
         x, cond, rate, known = data.batch(idx, t.task, cfg.model.frame_rates, g)
         cond = cond.drop(t.cond_dropout, g)
-        set_lr(opt, t.lr * lr_factor(step, t.steps, t.warmup_steps, t.min_lr_ratio, t.schedule))
+        lr = t.lr * lr_factor(step, t.steps, t.warmup_steps, t.min_lr_ratio, t.schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr * group["scale"]
         loss, metrics = model.clip_loss(x, cond, rate, t.task, known)
         opt.zero_grad(set_to_none=True)
         loss.backward()
