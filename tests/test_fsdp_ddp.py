@@ -60,6 +60,7 @@ def test_superres_ddp_equals_one_process_on_the_global_batch(tmp_path):
     from safetensors.torch import load_file
 
     from vqgen.superres.model import SuperResolution
+    from vqgen.superres.train import SuperResTrainConfig  # noqa: F401  (registers the superres-train presets)
     from vqgen.tokenizer.train import build_tokenizer
 
     seed_everything(0)
