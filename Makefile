@@ -19,7 +19,7 @@ install: $(PY)
 	$(PY) -m pip install -q -e ".[text]"
 
 install-test: install
-	$(PY) -m pip install -q -e ".[text,test]"
+	$(PY) -m pip install -q -e ".[text,test,video]"
 
 # the main job: images for a prompt from the bundled default model (a PNG each, and a grid)
 demo: install
