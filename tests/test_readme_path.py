@@ -43,4 +43,4 @@ def test_trained_pipeline_generates_and_is_evaluated(pipeline_dir, capsys):
     run("eval", "shapes", "--model", str(w / "pipe"), "--per-category", "1", "--samples", "1", "--rerank", "2",
         "--out", str(w / "report"), "--no-images", "--no-progress")
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["sampling"]["cluster"] == 0 and summary["settings"]["g2-best2"]["n"] == 5
+    assert summary["sampling"]["cluster"] == 0 and summary["settings"]["g2-best2"]["n"] == 8  # one prompt a category
