@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ from vqgen.pipelines.text_to_image import TextToImagePipeline
 from vqgen.sampling.settings import SamplingConfig
 
 KEYS = {"pipeline_type", "components", "stages", "sampling", "diffusion", "max_prompt_length", "vqgen_version"}
-HAS_THRESHOLDING = "thresholding" in {f.name for f in fields(SamplingConfig)}  # a SamplingConfig field, once added
 
 
 def _per_row(generator, rows: int):
@@ -107,8 +106,7 @@ class DiffusionTextToImagePipeline(TextToImagePipeline):
                                                                            (stages or {}).get("upsampler"))
         self.max_prompt_length = max_prompt_length
         if sampling is None:
-            extra = {"thresholding": diffusion.thresholding} if HAS_THRESHOLDING else {}
-            sampling = SamplingConfig(decoder=diffusion.scheduler, **extra)
+            sampling = SamplingConfig(decoder=diffusion.scheduler, thresholding=diffusion.thresholding)
         self.sampling = self.check_settings(sampling)
 
     # -- facts -----------------------------------------------------------------------------
@@ -135,8 +133,8 @@ class DiffusionTextToImagePipeline(TextToImagePipeline):
 
     def diffusion_settings(self, settings: SamplingConfig, **changes: Any) -> DiffusionSampling:
         """The diffusion settings of a call: the scheduler from ``settings.decoder``, the
-        thresholding from ``settings`` (when SamplingConfig has the field) or ``changes``."""
-        thresholding = changes.pop("thresholding", None) or getattr(settings, "thresholding", None)
+        thresholding from ``changes`` or else ``settings``."""
+        thresholding = changes.pop("thresholding", None) or settings.thresholding
         return self.diffusion.merged(scheduler=settings.decoder, thresholding=thresholding, **changes)
 
     # -- generation ------------------------------------------------------------------------
@@ -251,10 +249,7 @@ class DiffusionTextToImagePipeline(TextToImagePipeline):
             raise VqgenError(f"{directory / comps['unet']} holds a {type(models['unet']).__name__}, not a DiffusionUNet")
         diffusion = DiffusionSampling.from_dict(data.get("diffusion", {}), f"{path}: diffusion")
         sampling = dict(data.get("sampling", {}))
-        if HAS_THRESHOLDING:
-            sampling.setdefault("thresholding", diffusion.thresholding)
-        else:
-            sampling.pop("thresholding", None)
+        sampling.setdefault("thresholding", diffusion.thresholding)
         return cls(**models, sampling=SamplingConfig.from_dict(sampling, f"{path}: sampling"), diffusion=diffusion,
                    max_prompt_length=data.get("max_prompt_length", 200), stages=stages)
 
