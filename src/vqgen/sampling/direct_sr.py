@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from vqgen.errors import VqgenError
-from vqgen.sampling.autoregressive import Generators, _eval, _uniforms, generate
+from vqgen.sampling.autoregressive import Generators, _uniforms, generate
 from vqgen.sampling.settings import SamplingConfig
 from vqgen.sampling.sjd import draw
 from vqgen.transformer.base import Condition
@@ -101,14 +101,9 @@ def generate_direct_sr(model, cond: Condition | None = None, num: int | None = N
                        progress: bool = False, clusters: torch.Tensor | None = None,
                        guidance: torch.Tensor | None = None, stats: HierarchicalStats | None = None) -> torch.Tensor:
     """High-resolution codes (B, *grid) long: the low stage, then one super-resolution pass (the
-    arguments are those of :func:`vqgen.sampling.autoregressive.generate`; ``clusters`` is ignored)."""
-    model = hierarchical_model(model)
-    device = next(model.parameters()).device
-    with _eval(model):
-        cond = rows_condition(model, cond, num).to(device)
-        low = low_stage(model, cond, config, generator, progress, guidance).flatten(1)  # (B, n)
-        u = sr_uniforms(model, low.shape[0], generator, device)  # (3, B, N)
-        codes = direct_pass(model, low, cond, u[1], config)  # (B, N)
-    if stats is not None:
-        stats.low_steps, stats.sr_passes = model.low_seq_len, 1
-    return codes.view(-1, *model.grid)
+    arguments are those of :func:`vqgen.sampling.autoregressive.generate`; ``clusters`` is ignored):
+    :func:`~vqgen.sampling.lopar.generate_lopar` with nothing re-masked."""
+    from vqgen.sampling.lopar import generate_lopar  # lopar builds on this module's pieces
+
+    return generate_lopar(model, cond, num, replace(config, lopar_remask=0.0), generator, progress, clusters,
+                          guidance, stats)  # no cell re-masked: LoPAR runs no pass
