@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import httpx
 import numpy as np
@@ -52,9 +54,10 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
     return out
 
 
-async def _request(client, url: str, i: int, at: float, t0: float, hang_up: float | None, out: dict):
+async def _request(client, url: str, i: int, at: float, t0: float, hang_up: float | None, out: dict,
+                   extra: dict):
     await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
-    body = {"prompt": PROMPTS[i % len(PROMPTS)], "n": 1, "seed": i}
+    body = {"prompt": PROMPTS[i % len(PROMPTS)], "n": 1, "seed": i, **extra}
     sent = time.perf_counter()
     try:
         post = client.post(url, json=body)
@@ -73,15 +76,15 @@ async def _request(client, url: str, i: int, at: float, t0: float, hang_up: floa
         out["errors"] += 1
 
 
-async def _drive(base: str, times: list[float], hang_ups: dict[int, float]) -> dict:
+async def _drive(base: str, times: list[float], hang_ups: dict[int, float], extra: dict) -> dict:
     url = f"{base}/v1/images/generations"
     out = {"latencies": [], "answered": [], "errors": 0, "hung_up": 0, "last": 0.0}
     limits = httpx.Limits(max_connections=len(times), max_keepalive_connections=len(times))
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
-        await client.post(url, json={"prompt": PROMPTS[0]})  # warm-up, not timed
+        await client.post(url, json={"prompt": PROMPTS[0], **extra})  # warm-up, not timed
         before = (await client.get(f"{base}/metrics")).json()
         t0 = time.perf_counter()
-        await asyncio.gather(*(_request(client, url, i, at, t0, hang_ups.get(i), out) for i, at in enumerate(times)))
+        await asyncio.gather(*(_request(client, url, i, at, t0, hang_ups.get(i), out, extra) for i, at in enumerate(times)))
         after = (await client.get(f"{base}/metrics")).json()
     out["wall"] = out["last"] - t0
     for key in ("batches_run", "steps_run", "requests_cancelled", "requests_joined_running"):
@@ -89,12 +92,22 @@ async def _drive(base: str, times: list[float], hang_ups: dict[int, float]) -> d
     return out
 
 
-def run(pipe, mode: str, max_batch: int, times: list[float], hang_ups: dict[int, float] | None = None) -> dict:
-    """Serve ``pipe`` in ``mode`` and send the requests at ``times``; latencies, errors, counters."""
+def _client(base: str, times: list[float], hang_ups: dict[int, float], extra: dict) -> dict:
+    """The load generator, in a process of its own (so that it does not share the server's GIL)."""
+    torch.set_num_threads(1)
+    return asyncio.run(_drive(base, times, hang_ups, extra))
+
+
+def run(pipe, mode: str, max_batch: int, times: list[float], hang_ups: dict[int, float] | None = None,
+        extra: dict | None = None, client: ProcessPoolExecutor | None = None) -> dict:
+    """Serve ``pipe`` in ``mode`` and send the requests at ``times`` from the ``client`` process (or
+    this one); latencies, errors, counters."""
     config = ServeConfig(max_batch=max_batch, max_queue=len(times) + 1, timeout=3600.0, batch_window=0.01,
                          continuous=MODES[mode])
     with serve_in_thread(create_app(pipe, config)) as base:
-        return asyncio.run(_drive(base, times, hang_ups or {}))
+        if client is None:
+            return _client(base, times, hang_ups or {}, extra or {})
+        return client.submit(_client, base, times, hang_ups or {}, extra or {}).result()
 
 
 def pool(runs: list[dict]) -> dict:
@@ -145,6 +158,10 @@ def main() -> None:
     parser.add_argument("--disconnect", type=float, default=0.25,
                         help="fraction of clients that hang up mid-generation in the last run (default 0.25)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times (default 0)")
+    parser.add_argument("--rerank", type=int, default=None,
+                        help="rerank candidates asked for by every request (default: the pipeline's own)")
+    parser.add_argument("--in-process-client", action="store_true",
+                        help="send the requests from this process (default: a client process of its own)")
     args = parser.parse_args()
     if args.rate <= 0 or args.requests < 1 or args.max_batch < 1 or args.rounds < 1 or not 0 <= args.disconnect < 1:
         parser.error("--rate, --requests, --max-batch, --rounds must be positive and --disconnect in [0, 1)")
@@ -155,11 +172,13 @@ def main() -> None:
         pipe, model_name = TextToImagePipeline.from_pretrained(dir=args.model, device=args.device), args.model
     else:
         pipe, model_name = random_tiny_pipeline(args.device), "random parti-tiny"
+    extra = {} if args.rerank is None else {"rerank": args.rerank}
+    client = None if args.in_process_client else ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
     runs = {mode: [] for mode in MODES}
     for i in range(args.rounds):
         times = arrivals(args.requests, args.rate, args.seed + i)
         for mode in (list(MODES) if i % 2 == 0 else list(MODES)[::-1]):
-            runs[mode].append(run(pipe, mode, args.max_batch, times))
+            runs[mode].append(run(pipe, mode, args.max_batch, times, extra=extra, client=client))
             print(f"round {i + 1}, " + _fmt(mode, pool(runs[mode][-1:])), flush=True)
     cont, req = pool(runs["continuous"]), pool(runs["request"])
 
@@ -167,7 +186,9 @@ def main() -> None:
     times = arrivals(args.requests, args.rate, args.seed + 1000)
     leaving = rng.sample(range(args.requests), int(args.disconnect * args.requests))
     hang_ups = {i: cont["p50"] * rng.uniform(0.2, 0.8) for i in leaving}
-    d = run(pipe, "continuous", args.max_batch, times, hang_ups)
+    d = run(pipe, "continuous", args.max_batch, times, hang_ups, extra, client)
+    if client is not None:
+        client.shutdown()
     lost = len(set(range(args.requests)) - set(leaving) - set(d["answered"]))  # staying clients not answered
     print(f"disconnects: {d['hung_up']} of {args.requests} clients hung up ({d['requests_cancelled']} cancelled "
           f"mid-run by the server), {len(d['latencies'])} answered, {lost} of the others lost, {d['errors']} errors",
@@ -176,7 +197,8 @@ def main() -> None:
           f"continuous_vs_batched_mean={req['mean'] / cont['mean']:.2f}x "
           f"throughput {cont['rps']:.2f} vs {req['rps']:.2f} req/s (offered {args.rate:g}/s) lost_on_disconnect={lost} | "
           f"{args.requests} Poisson requests x {args.rounds} rounds, max_batch {args.max_batch}, model {model_name} "
-          f"({pipe.image_size}px), {args.device} | {_fmt('continuous', cont)} | {_fmt('request', req)}")
+          f"({pipe.image_size}px), rerank {args.rerank or 'default'}, {args.device}, "
+          f"client {'in process' if client is None else 'process'} | {_fmt('continuous', cont)} | {_fmt('request', req)}")
 
 
 if __name__ == "__main__":

@@ -157,8 +157,24 @@ def test_rerank_without_reranker_is_an_error(suite, tmp_path):
                           ReportSettings(rerank=2), show_progress=False)
 
 
+def test_cli_several_prompt_sets_side_by_side(pipe_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["eval", "shapes", "--model", str(pipe_dir), "--prompts", "all", "--per-category", "1",
+                 "--samples", "1", "--out", str(out), "--no-images", "--no-progress"]) == 0
+    side = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert side == json.loads((out / "summary.json").read_text())
+    assert list(side["sets"]) == ["suite", "paraphrases", "holdout"]
+    for name in side["sets"]:  # each set has its own full report, and the side-by-side figure is its own
+        own = json.loads((out / name / "summary.json").read_text())
+        acc = own["settings"]["g3"]
+        assert side["sets"][name]["g3"] == (acc["core_overall"]["accuracy"] if "core_overall" in acc else acc["overall"])
+    assert "core_overall" in json.loads((out / "suite" / "summary.json").read_text())["settings"]["g3"]
+    assert side["gap_holdout"] == pytest.approx(side["best"]["suite"] - side["best"]["holdout"], abs=1e-4)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "{missing}", "--out", "{out}"], "does not exist"),
+    (["--model", "{pipe}", "--out", "{out}", "--prompts", "suite,suite"], "repeated"),
     (["--model", "{pipe}", "--out", "{out}", "--prompts", "{bad}"], "bad.jsonl:1"),
     (["--model", "{pipe}", "--out", "{out}", "--guidance", "1,x"], "--guidance"),
     (["--model", "{pipe}", "--out", "{out}", "--samples", "0"], "samples"),

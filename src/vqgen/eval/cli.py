@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from vqgen.cli import add_group
+from vqgen.errors import VqgenError
 
 
 def register(sub) -> None:
@@ -30,10 +32,11 @@ def register(sub) -> None:
     p.add_argument("--details", metavar="FILE",
                    help="with --images: also write one JSON line per image here (file_name, text, category, passed, "
                         "criteria, per-object and per-relation results, detections)")
-    p.add_argument("--prompts", metavar="FILE|NAME", default=None,
+    p.add_argument("--prompts", metavar="FILE|NAME[,...]", default=None,
                    help="with --model: prompt suite, JSON lines {prompt, spec[, category]}, or a shipped suite by "
                         "name: suite (default), paraphrases (words the captions never use) or holdout (the "
-                        "held-out wordings of docs/captions.md)")
+                        "held-out wordings of docs/captions.md); several, comma-separated, are each reported "
+                        "in a sub-folder of --out and side by side (all = suite,paraphrases,holdout)")
     p.add_argument("--per-category", type=int, default=None, metavar="N",
                    help="with --model: only the first N prompts of each category (a quicker, balanced subset)")
     p.add_argument("--samples", type=int, default=4, metavar="K",
@@ -117,7 +120,6 @@ def _shapes_tokenizer(args) -> int:
 
 def _shapes_model(args) -> int:
     from vqgen.shapes.suite import load_suite
-    from vqgen.errors import VqgenError
     from vqgen.eval.report import (ReportSettings, evaluate_pipeline, markdown_tables, parse_guidance,
                                    select_prompts)
     from vqgen.pipelines import TextToImagePipeline
@@ -127,7 +129,8 @@ def _shapes_model(args) -> int:
         raise VqgenError("--model needs --out REPORT_DIR (where the report is written)")
     if args.details:
         raise VqgenError("--details goes with --images; with --model the report holds results.jsonl")
-    suite = select_prompts(load_suite(args.prompts), args.per_category)
+    names = _prompt_sets(args.prompts)
+    suites = {name: select_prompts(load_suite(name), args.per_category) for name in names}  # every file checked first
     device = pick_device(args.device)
     pipe = TextToImagePipeline.from_pretrained(args.model, device=device)
     if args.reranker:
@@ -141,13 +144,61 @@ def _shapes_model(args) -> int:
     guidance = parse_guidance(args.guidance) if args.guidance else (sampling.guidance_scale,)
     settings = ReportSettings(guidance=guidance, samples=args.samples, rerank=args.rerank, sampling=sampling,
                               seed=args.seed, batch=args.batch, keep_images=not args.no_images)
-    summary = evaluate_pipeline(pipe, suite, args.out, settings, show_progress=not args.no_progress,
-                                meta={"model": str(args.model), "command": _command(args, guidance)},
-                                data_dir=args.data_out)
-    print(markdown_tables(summary), end="")
-    print(f"report: {args.out} ({summary['images_generated']} images in {summary['seconds']} s)")
-    print(json.dumps(summary))
+    summaries = {}
+    for name, suite in suites.items():
+        out = Path(args.out) if len(suites) == 1 else Path(args.out) / Path(name).stem
+        data_out = args.data_out if args.data_out is None or len(suites) == 1 else str(Path(args.data_out) / Path(name).stem)
+        if len(suites) > 1:
+            print(f"== prompts: {name} ({len(suite)})", flush=True)
+        summary = evaluate_pipeline(pipe, suite, out, settings, show_progress=not args.no_progress,
+                                    meta={"model": str(args.model), "command": _command(args, guidance),
+                                          "prompts": name}, data_dir=data_out)
+        print(markdown_tables(summary), end="")
+        print(f"report: {out} ({summary['images_generated']} images in {summary['seconds']} s)")
+        summaries[name] = summary
+    if len(summaries) == 1:
+        print(json.dumps(summary))
+        return 0
+    side = side_by_side(summaries)
+    Path(args.out, "summary.json").write_text(json.dumps(side, indent=1) + "\n")
+    print(side_by_side_table(side), end="")
+    print(json.dumps(side))
     return 0
+
+
+def _prompt_sets(value: str | None) -> list[str]:
+    """``--prompts``: one suite, or several comma-separated (``all``: the three shipped ones)."""
+    if value is None:
+        return ["suite"]
+    names = ["suite", "paraphrases", "holdout"] if value == "all" else [v.strip() for v in value.split(",")]
+    if any(not n for n in names) or len({Path(n).stem for n in names}) < len(names):
+        raise VqgenError(f"--prompts {value!r}: empty or repeated suite names")
+    return names
+
+
+def side_by_side(summaries: dict[str, dict]) -> dict:
+    """Overall accuracy of every setting for each prompt set (over the five core categories when a set
+    has others too): ``{"sets": {name: {setting: accuracy}}, "best": ...}`` plus ``gap_<name>``, how far
+    each other set's best setting falls below the first set's."""
+    sets = {name: {setting: acc["core_overall"]["accuracy"] if "core_overall" in acc else acc["overall"]
+                   for setting, acc in s["settings"].items()} for name, s in summaries.items()}
+    first = next(iter(sets))
+    best = {name: max(v.values()) for name, v in sets.items()}
+    return {"sets": sets, "best": best,
+            **{f"gap_{Path(n).stem}": round(best[first] - best[n], 4) for n in sets if n != first},
+            "prompts": {name: s["prompts"] for name, s in summaries.items()}}
+
+
+def side_by_side_table(side: dict) -> str:
+    """A markdown table: one row per setting, one column per prompt set."""
+    names = list(side["sets"])
+    settings = list(next(iter(side["sets"].values())))
+    lines = ["| setting | " + " | ".join(f"{n} ({side['prompts'][n]})" for n in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for setting in settings:
+        lines.append(f"| {setting} | " + " | ".join(f"{side['sets'][n].get(setting, float('nan')):.3f}"
+                                                    for n in names) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _command(args, guidance: tuple[float, ...]) -> str:
