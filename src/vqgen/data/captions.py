@@ -4,6 +4,7 @@ A record's captions are ``meta["texts"]`` when it holds a non-empty list of stri
 shapes --captions K`` writes one; ``vqgen tokenizer encode`` carries ``meta`` into code shards),
 else its one ``text``. The pick of a record at a step is a function of (seed, step, stream, row)
 alone, so a resumed run reads the captions an uninterrupted one would, with no state to save.
+Streamed batches pick the same way (:func:`pick_texts`) from each record's ``meta``.
 """
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ def pick_captions(counts: torch.Tensor, seed: int, step: int, stream: int = 0) -
     g = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + stream) % (2 ** 63))
     u = torch.rand(counts.shape[0], generator=g, dtype=torch.float64)  # (B,)
     return torch.minimum((u * counts).long(), counts - 1)
+
+
+def pick_texts(texts: list[str | None], metas: list[dict], seed: int, step: int, stream: int = 0) -> list[str | None]:
+    """One caption per row of a streamed batch: row ``i`` reads the caption of its
+    :func:`caption_lists` that :func:`pick_captions` picks for (seed, step, stream, row ``i``), the
+    same pick the in-memory path (:meth:`CaptionBank.choose`) makes for a batch in that order."""
+    lists = caption_lists(texts, metas)
+    picks = pick_captions(torch.tensor([len(c) for c in lists], dtype=torch.long), seed, step, stream)  # (B,)
+    return [c[k] for c, k in zip(lists, picks.tolist())]
 
 
 @dataclass

@@ -66,17 +66,18 @@ class _WorkerBatches(IterableDataset):
     one ``("pass", worker, position, skipped, None)``; ``skipped`` holds the counts since the last item."""
 
     def __init__(self, dataset: ShardDataset, batch_size: int, drop_last: bool, skips: list[int],
-                 exclude: Callable[[str], bool] | None):
+                 exclude: Callable[[str], bool] | None, metas: bool):
         super().__init__()
         self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
-        self.skips, self.exclude = skips, exclude
+        self.skips, self.exclude, self.metas = skips, exclude, metas
 
     def _pack(self, recs: list) -> tuple:
         if isinstance(recs[0], CodeRecord):
             data = torch.stack([r.codes for r in recs])  # (B, *grid) long
         else:
             data = torch.stack([_image_tensor(r.image) for r in recs])  # (B, 3, S, S) uint8
-        return data, [r.label for r in recs], [r.text for r in recs]
+        batch = data, [r.label for r in recs], [r.text for r in recs]
+        return (*batch, [r.meta for r in recs]) if self.metas else batch
 
     def __iter__(self):
         info = get_worker_info()
@@ -105,16 +106,18 @@ class StreamLoader:
 
     ``workers``: DataLoader worker processes (0: read in this process). ``drop_last``: a worker's
     last partial batch of a pass is dropped. ``exclude(key)``: samples to leave out (a held-out
-    split; must pickle for workers, e.g. a ``functools.partial``). After each pass, ``records``
-    and ``skipped`` (by reason) are that pass's counts for this rank, for ``report_skips``.
+    split; must pickle for workers, e.g. a ``functools.partial``). ``metas``: batches are
+    ``(data, labels, texts, metas)``, each record's ``meta`` dict too (its ``texts`` captions).
+    After each pass, ``records`` and ``skipped`` (by reason) are that pass's counts for this rank
+    (:func:`report_stream`).
     """
 
     def __init__(self, dataset: ShardDataset, batch_size: int, workers: int = 0, drop_last: bool = True,
-                 exclude: Callable[[str], bool] | None = None):
+                 exclude: Callable[[str], bool] | None = None, metas: bool = False):
         if batch_size < 1 or workers < 0:
             raise VqgenError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
         self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
-        self.drop_last, self.exclude = drop_last, exclude
+        self.drop_last, self.exclude, self.metas = drop_last, exclude, metas
         self.epoch, self.consumed = 0, 0
         self.positions = [0] * max(workers, 1)
         self.turn, self.ended = 0, []  # the worker whose batch is next; workers whose pass has ended
@@ -150,8 +153,12 @@ class StreamLoader:
 
     def _pass(self) -> Iterator[tuple]:
         self.dataset.set_epoch(self.epoch)
-        batches = _WorkerBatches(self.dataset, self.batch_size, self.drop_last, list(self.positions), self.exclude)
-        return iter(DataLoader(batches, batch_size=None, num_workers=self.workers))
+        batches = _WorkerBatches(self.dataset, self.batch_size, self.drop_last, list(self.positions), self.exclude,
+                                 self.metas)
+        # its own generator: starting a pass leaves the global RNG alone (a resumed run draws what an
+        # uninterrupted one does, wherever its passes start)
+        seeds = torch.Generator().manual_seed(self.dataset.seed * 1_000_003 + self.epoch)
+        return iter(DataLoader(batches, batch_size=None, num_workers=self.workers, generator=seeds))
 
     def _in_turn(self) -> Iterator[tuple]:
         """The items of a pass, the workers' batches in turn (the sequence a position refers to)."""
@@ -171,7 +178,7 @@ class StreamLoader:
                 self.turn = (self.turn + 1) % readers
             yield item
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list, list]]:
+    def __iter__(self) -> Iterator[tuple]:
         while True:
             resumed, got = self.consumed > 0, 0
             for kind, worker, position, skipped, payload in self._in_turn():
@@ -189,6 +196,45 @@ class StreamLoader:
             self.records, self.skipped = self.pass_records, Counter(self.pass_skipped)
             self.epoch += 1
             self._restart()
+
+
+def position_state(batches) -> dict | list[dict]:
+    """What a checkpoint keeps of a batch order: an in-memory order's ``state_dict`` (the same on
+    every rank), or every rank's :class:`StreamLoader` position in rank order (collective under torchrun)."""
+    import torch.distributed as dist
+
+    state = batches.state_dict()
+    if not isinstance(batches, StreamLoader):
+        return state
+    if not dist.is_initialized():
+        return [state]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, state)
+    return out
+
+
+def load_position(batches, saved: dict | list[dict], rank: int, world_size: int) -> None:
+    """Restore what :func:`position_state` saved; a stream takes this rank's position (saved by
+    another number of ranks, the interrupted epoch starts over: :meth:`StreamLoader.load_state_dict`)."""
+    if isinstance(saved, list):
+        saved = saved[rank] if len(saved) == world_size else saved[0]
+    batches.load_state_dict(saved)
+
+
+def report_stream(run_dir: str | Path, source, loader: StreamLoader, distributed: bool) -> None:
+    """Record rank 0's counts of a stream in ``RUN/data.json`` (call on the main rank): its last
+    whole pass, else the part of one pass read so far, unless a resumed run already recorded a
+    whole pass."""
+    from vqgen.runtime import DATA_NAME, report_skips
+
+    where = f"{source} (rank 0's shards)" if distributed else str(source)
+    if loader.records is not None:
+        report_skips(run_dir, where, loader.records, loader.skipped)
+        return
+    saved = Path(run_dir) / DATA_NAME
+    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("records") is not None:
+        return
+    report_skips(run_dir, f"{where}, part of one pass", None, loader.pass_skipped)
 
 
 def write_code_shards(codes_dir: str | Path, out_dir: str | Path, shard_size: int = 1000) -> list[Path]:

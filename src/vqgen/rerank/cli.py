@@ -10,11 +10,16 @@ def register(sub) -> None:
     group = add_group(sub, "rerank", help="train and evaluate the contrastive text-image reranker",
                       description="A small CLIP-style dual encoder that keeps the best k of n samples per prompt.")
 
-    p = group.add_parser("train", help="train a reranker on an image folder with captions (resumes an existing RUN)",
+    p = group.add_parser("train", help="train a reranker on images with captions (resumes an existing RUN)",
                          description="Train a BPE tokenizer on the captions, then the dual encoder (symmetric "
                                      "InfoNCE, learned temperature, optional one-edit hard negatives). Prints the "
-                                     "held-out caption->image R@1 at the end; the model goes to RUN/model/.")
-    p.add_argument("--data", required=True, metavar="DIR", help="image folder (metadata.jsonl with captions) or WebDataset shards")
+                                     "held-out caption->image R@1 at the end; the model goes to RUN/model/. An image "
+                                     "folder is read into memory; WebDataset shards stream (split by rank and "
+                                     "worker, --set shuffle_buffer=N, --set stream_workers=N; the position is in "
+                                     "each checkpoint; the held-out pairs, by key, are read into memory).")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help="image folder (metadata.jsonl with captions), or WebDataset shards to stream: a folder of "
+                        ".tar, a brace pattern data/{00000..00099}.tar, a file: or pipe: URL")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset: tiny, small (default: small for a new RUN, the saved config for an existing one)")
@@ -29,7 +34,8 @@ def register(sub) -> None:
                                      "prompts, pick one of --candidates renders and ask the exact shapes evaluator "
                                      "whether the pick satisfies the prompt. The JSON summary is the last line.")
     p.add_argument("run", metavar="RUN", help="a reranker run or model directory")
-    p.add_argument("--data", default=None, metavar="DIR", help="image folder for retrieval (its held-out split)")
+    p.add_argument("--data", default=None, metavar="DATA",
+                   help="image folder or WebDataset shards for retrieval (the held-out split the run trained without)")
     p.add_argument("--group", type=int, default=32, metavar="N", help="retrieval among N images (default 32)")
     p.add_argument("--prompts", type=int, default=100, metavar="N", help="suite prompts to test (default 100)")
     p.add_argument("--candidates", type=int, default=8, metavar="N", help="renders per prompt (default 8)")

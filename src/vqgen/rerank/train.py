@@ -1,4 +1,4 @@
-"""Train a CLIP-style reranker on an image folder with captions (``vqgen rerank train``).
+"""Train a CLIP-style reranker on an image folder or WebDataset shards with captions (``vqgen rerank train``).
 
 The run trains a BPE tokenizer on the training captions (``RUN/tokenizer.json``; none with a
 frozen pretrained text tower, ``--set model.text_encoder=pretrained --set model.pretrained_dir=DIR``,
@@ -10,12 +10,20 @@ other (soft targets), so repeated captions are not pushed apart. With ``hard_neg
 Every ``holdout_every``-th pair is held out: ``metrics.jsonl`` gets the held-out caption → image
 R@1 among ``retrieval_group`` images and the hard-negative accuracy. The final model goes to
 ``RUN/model/``; the same command again on the same RUN continues from the latest checkpoint.
+
+An image folder is read into memory. Shards (:func:`~vqgen.data.stream.is_stream_source`) stream
+through a :class:`~vqgen.data.stream.StreamLoader` (split by rank and worker, a shuffle buffer, the
+position in each checkpoint): the pairs whose key hashes to the held-out split
+(:func:`~vqgen.tokenizer.data.heldout_key`, at most :data:`HELDOUT_LIMIT`) are read into memory
+for evaluation, and the BPE is trained on the captions of the first :data:`PROBE` training pairs.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from vqgen.config import get_preset, register_preset, require
-from vqgen.data.captions import CaptionBank, caption_lists
+from vqgen.data.captions import CaptionBank, caption_lists, pick_texts
+from vqgen.data.stream import StreamLoader, is_stream_source, load_position, position_state, report_stream
+from vqgen.data.webdataset import ShardDataset
 from vqgen.errors import VqgenError
 from vqgen.io import load_pretrained, make_dir
 from vqgen.rerank.clip import FAMILY as MODEL_FAMILY
@@ -36,8 +46,11 @@ from vqgen.runtime import (EpochBatches, Limits, RunLogger, cleanup_distributed,
                            resume_from, rng_state, save_checkpoint, save_final, save_run_config, seed_everything,
                            set_lr, set_rng_state)
 from vqgen.text.bpe import TOKENIZER_NAME, TextTokenizer
+from vqgen.tokenizer.data import heldout_key, image_stream, load_heldout_shards
 
 FAMILY = "rerank"
+HELDOUT_LIMIT = 1024  # held-out pairs of streamed shards read into memory for evaluation
+PROBE = 4096  # training pairs at the front of streamed shards whose captions train the BPE
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,9 @@ class RerankTrainConfig:
     steps: int = 2000
     seed: int = 0
     device: str = "auto"
-    holdout_every: int = 10  # every n-th pair is held out (>= 2)
+    holdout_every: int = 10  # every n-th pair is held out (>= 2; shards: by a hash of the key)
+    stream_workers: int = 2  # DataLoader workers per rank when the data are streamed shards
+    shuffle_buffer: int = 1000  # streamed shards: samples in the shuffle buffer of each reader
     retrieval_group: int = 32  # held-out R@1 is caption → image among this many
     time_limit_min: float = 0.0  # stop (and save) after this many minutes; 0: no limit
     cpu_limit_min: float = 0.0  # stop after this many minutes of this process's CPU time; 0: no limit
@@ -73,6 +88,8 @@ class RerankTrainConfig:
         require(self.steps >= 0, "steps", "must be >= 0")
         require(self.holdout_every >= 2, "holdout_every", "must be >= 2")
         require(self.retrieval_group >= 2, "retrieval_group", "must be >= 2")
+        for name in ("stream_workers", "shuffle_buffer"):
+            require(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("log_every", "eval_every", "ckpt_every"):
             require(getattr(self, name) >= 1, name, "must be >= 1")
 
@@ -106,7 +123,7 @@ class PairSet:
 
 def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progress: bool = True) -> PairSet:
     """Read an image folder or WebDataset shards with captions into memory (records without text
-    are skipped and counted)."""
+    are skipped and counted). Shards hold out the pairs a streamed run holds out (by key)."""
     from vqgen.tokenizer.data import load_image_set
 
     try:
@@ -114,10 +131,29 @@ def load_pairs(data_dir: str | Path, size: int, holdout_every: int, show_progres
     except VqgenError as e:
         raise VqgenError(f"{data_dir} holds no image with a caption ({e})") from None
     idx = torch.arange(len(data))
-    held = idx % holdout_every == holdout_every - 1
+    if is_stream_source(data_dir):
+        held = torch.tensor([heldout_key(k, holdout_every) for k in data.keys], dtype=torch.bool)  # (N,)
+    else:
+        held = idx % holdout_every == holdout_every - 1
     alts = caption_lists(list(data.texts), list(data.metas))
     return PairSet(data.images, list(data.texts), idx[~held], idx[held], data.skipped,
                    alts if any(len(a) > 1 for a in alts) else None)
+
+
+def load_heldout_pairs(source, size: int, holdout_every: int) -> PairSet:
+    """The held-out pairs of streamed shards (at most :data:`HELDOUT_LIMIT`) in memory, as a
+    :class:`PairSet` with no training pairs."""
+    held = load_heldout_shards(source, size, holdout_every, HELDOUT_LIMIT, require_text=True)
+    if held is None:
+        raise VqgenError(f"{source}: no held-out pair with a caption (holdout_every={holdout_every})")
+    return PairSet(held.images, list(held.texts), torch.zeros(0, dtype=torch.long), torch.arange(len(held)))
+
+
+def stream_captions(source, holdout_every: int) -> list[str]:
+    """Every caption (``meta["texts"]`` too) of the first :data:`PROBE` training pairs of shards: the BPE's corpus."""
+    ds = ShardDataset(source, require_text=True, rank=0, world_size=1)
+    front = [r for _, r in itertools.islice(ds.samples(exclude=partial(heldout_key, every=holdout_every)), PROBE)]
+    return [t for c in caption_lists([r.text for r in front], [r.meta for r in front]) for t in c]
 
 
 def degrade_batch(images: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -237,8 +273,12 @@ def _train(cfg: RerankTrainConfig, data_dir, run_dir: Path, show_progress: bool,
 
     device, main = info.device, info.is_main
     seed_everything(cfg.seed)
-    data = load_pairs(data_dir, cfg.model.image_size, cfg.holdout_every, show_progress)
-    report_skips(run_dir, data_dir, len(data.images), data.skipped, main)
+    streaming = is_stream_source(data_dir)
+    if streaming:  # held-out pairs in memory, training pairs streamed (counted as they are read)
+        data = load_heldout_pairs(data_dir, cfg.model.image_size, cfg.holdout_every)
+    else:
+        data = load_pairs(data_dir, cfg.model.image_size, cfg.holdout_every, show_progress)
+        report_skips(run_dir, data_dir, len(data.images), data.skipped, main)
     if len(data.heldout_idx) < cfg.retrieval_group:
         raise VqgenError(f"{len(data.heldout_idx)} held-out pairs, fewer than retrieval_group="
                          f"{cfg.retrieval_group}: use more data or --set retrieval_group=N")
@@ -246,9 +286,12 @@ def _train(cfg: RerankTrainConfig, data_dir, run_dir: Path, show_progress: bool,
     tok_path, tokenizer = run_dir / TOKENIZER_NAME, None
     trained = cfg.model.text_encoder == "trained"  # else the frozen encoder's own tokenizer
     if trained and not tok_path.is_file() and main:  # BPE training differs between processes: rank 0 trains
-        lists = data.captions or [[x] for x in data.texts]
-        tokenizer = TextTokenizer.train([t for i in data.train_idx.tolist() for t in lists[i]],
-                                        vocab_size=cfg.bpe_vocab_size)
+        if streaming:
+            corpus = stream_captions(data_dir, cfg.holdout_every)
+        else:
+            lists = data.captions or [[x] for x in data.texts]
+            corpus = [t for i in data.train_idx.tolist() for t in lists[i]]
+        tokenizer = TextTokenizer.train(corpus, vocab_size=cfg.bpe_vocab_size)
         make_dir(run_dir)
         tokenizer.save(tok_path)
     if info.distributed:
@@ -265,13 +308,17 @@ def _train(cfg: RerankTrainConfig, data_dir, run_dir: Path, show_progress: bool,
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = (torch.optim.SGD(groups, lr=cfg.lr) if cfg.optimizer == "sgd"
            else torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)))
-    batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed, rank=info.rank,
-                           world_size=info.world_size)
+    if streaming:
+        batches = image_stream(data_dir, cfg.model.image_size, cfg.batch_size, cfg.holdout_every, cfg.seed, info.rank,
+                               info.world_size, cfg.stream_workers, cfg.shuffle_buffer, require_text=True, metas=True)
+    else:
+        batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                               world_size=info.world_size)
     state = resume_from(run_dir, lambda ckpt, _: load_weights(model, ckpt / "reranker"), main)
     streams = None
     if state is not None:
         opt.load_state_dict(state["opt"])
-        batches.load_state_dict(state["batches"])
+        load_position(batches, state["batches"], info.rank, info.world_size)
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rngs) == info.world_size:  # the same number of ranks: every stream continues where it was
             set_rng_state(rngs[info.rank])
@@ -301,29 +348,22 @@ def _train(cfg: RerankTrainConfig, data_dir, run_dir: Path, show_progress: bool,
     def checkpoint(step: int) -> None:
         """Rank 0 writes ``step-N`` with every rank's RNG streams (collective)."""
         mine = {"neg_rng": neg_rng.bit_generator.state, "aug_rng": aug_gen.get_state()}
-        rngs, streams_all = gathered(rng_state()), gathered(mine)
+        rngs, streams_all, position = gathered(rng_state()), gathered(mine), position_state(batches)
         if main:
             save_checkpoint(run_dir, step, {"reranker": model}, {
-                "opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rngs, "step": step,
+                "opt": opt.state_dict(), "batches": position, "rng": rngs, "step": step,
                 "streams": streams_all, **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)})
         if info.distributed:
             dist.barrier()
 
-    all_ids, all_mask = encode(data.texts, cfg.model.max_len)  # (N, L) x2
-    bank = CaptionBank.build(data.captions, encode, cfg.model.max_len) if data.captions else None
+    next_batch = _streamed_batches(batches, encode, cfg) if streaming else _folder_batches(data, batches, encode, cfg)
     logger = RunLogger(run_dir, enabled=main)
     bar = progress(total=cfg.steps, initial=step, desc="rerank", enabled=show_progress and main)
     model.train()
-    it = iter(batches)
     try:
         while step < cfg.steps:
-            idx = data.train_idx[next(it)]  # (B,)
-            texts = [data.texts[i] for i in idx.tolist()]
-            ids, mask = all_ids[idx], all_mask[idx]  # (B, L) x2
-            if bank is not None:  # one of each pair's captions, fixed by (seed, step)
-                texts = [data.captions[i][k] for i, k in zip(idx.tolist(), bank.choose(idx, cfg.seed, step).tolist())]
-                ids, mask = bank.pick(idx, cfg.seed, step)  # (B, L) x2
-            images = data.images[idx].to(device).float() / 255.0  # (B, 3, S, S)
+            images, texts, ids, mask = next_batch(step)  # (B, 3, S, S) uint8, B captions, (B, L) x2
+            images = images.to(device).float() / 255.0  # (B, 3, S, S)
             if cfg.augment > 0:
                 images = degrade_batch(images, cfg.augment, aug_gen)
             neg_texts = None
@@ -358,6 +398,8 @@ def _train(cfg: RerankTrainConfig, data_dir, run_dir: Path, show_progress: bool,
                 checkpoint(step)
         model.eval()
         checkpoint(step)
+        if streaming and main:
+            report_stream(run_dir, data_dir, batches, info.distributed)
         metrics = {}
         if main:
             save_final(model, run_dir / "model")
@@ -367,6 +409,36 @@ def _train(cfg: RerankTrainConfig, data_dir, run_dir: Path, show_progress: bool,
         bar.close()
         logger.close()
     return model, metrics
+
+
+def _folder_batches(data: PairSet, batches: EpochBatches, encode, cfg: RerankTrainConfig):
+    """``next_batch(step)``: the next in-memory batch as (images (B, 3, S, S) uint8, captions, ids, mask (B, L))."""
+    all_ids, all_mask = encode(data.texts, cfg.model.max_len)  # (N, L) x2
+    bank = CaptionBank.build(data.captions, encode, cfg.model.max_len) if data.captions else None
+    it = iter(batches)
+
+    def next_batch(step: int):
+        idx = data.train_idx[next(it)]  # (B,)
+        texts = [data.texts[i] for i in idx.tolist()]
+        ids, mask = all_ids[idx], all_mask[idx]  # (B, L) x2
+        if bank is not None:  # one of each pair's captions, fixed by (seed, step)
+            texts = [data.captions[i][k] for i, k in zip(idx.tolist(), bank.choose(idx, cfg.seed, step).tolist())]
+            ids, mask = bank.pick(idx, cfg.seed, step)  # (B, L) x2
+        return data.images[idx], texts, ids, mask
+
+    return next_batch
+
+
+def _streamed_batches(batches: StreamLoader, encode, cfg: RerankTrainConfig):
+    """``next_batch(step)``: the next streamed batch, one caption per pair picked as in memory (:func:`pick_texts`)."""
+    it = iter(batches)
+
+    def next_batch(step: int):
+        images, _, texts, metas = next(it)  # (B, 3, S, S) uint8
+        texts = pick_texts(list(texts), metas, cfg.seed, step)
+        return (images, texts, *encode(texts, cfg.model.max_len))  # ids, mask (B, L)
+
+    return next_batch
 
 
 def _frozen_text_tower(directory: Path) -> bool:

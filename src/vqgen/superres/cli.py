@@ -10,12 +10,17 @@ def register(sub) -> None:
     group = add_group(sub, "superres", help="train the super-resolution module (x2, x4) on a frozen tokenizer",
                       description="Convolutional residual layers mapping tokenizer reconstructions to a higher "
                                   "resolution, trained with the tokenizer's losses (L2, MS-SSIM).")
-    p = group.add_parser("train", help="train on an image folder at the higher size (resumes an existing RUN)",
+    p = group.add_parser("train", help="train on images at the higher size (resumes an existing RUN)",
                          description="Inputs: the frozen tokenizer's reconstructions of the images downsampled "
                                      "to its size. Targets: the images at scale x that size, so make the data "
                                      "at the higher size (e.g. `vqgen data shapes --size 128` for a 64px "
-                                     "tokenizer and --scale 2). Prints held-out PSNR against bicubic upsampling.")
-    p.add_argument("--data", required=True, metavar="DIR", help="image folder or WebDataset shards at the higher resolution")
+                                     "tokenizer and --scale 2). Prints held-out PSNR against bicubic upsampling. "
+                                     "An image folder is read into memory; WebDataset shards stream, each batch "
+                                     "reconstructed as it arrives (split by rank and worker, --set shuffle_buffer=N, "
+                                     "--set stream_workers=N; the position is in each checkpoint).")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help="image folder, or WebDataset shards to stream (a folder of .tar, a brace pattern, a file: or "
+                        "pipe: URL), at the higher resolution")
     p.add_argument("--tokenizer", required=True, metavar="TOKRUN",
                    help="a tokenizer run (RUN/model, else its latest checkpoint) or a saved tokenizer directory")
     p.add_argument("--scale", type=int, choices=[2, 4], default=None, help="upsampling factor (default: the preset's, 2)")

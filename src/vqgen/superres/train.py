@@ -9,6 +9,13 @@ a local weights file (no adversarial term here).
 Every ``holdout_every``-th image is held out; ``metrics.jsonl`` gets held-out PSNR/SSIM of the
 module and of bicubic upsampling of the same reconstructions. The model goes to ``RUN/model/``;
 the same command again on the same RUN continues from the latest checkpoint.
+
+An image folder is read into memory with its reconstructions. Shards
+(:func:`~vqgen.data.stream.is_stream_source`) stream through a
+:class:`~vqgen.data.stream.StreamLoader` (split by rank and worker, a shuffle buffer, the position
+in each checkpoint), each batch reconstructed as it arrives; the images whose key hashes to the
+held-out split (:func:`~vqgen.tokenizer.data.heldout_key`, at most :data:`HELDOUT_LIMIT`) are held
+in memory for evaluation.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vqgen.config import get_preset, register_preset, require
+from vqgen.data.stream import is_stream_source, load_position, position_state, report_stream
 from vqgen.errors import VqgenError
 from vqgen.metrics.reconstruction import ms_ssim, psnr, ssim
 from vqgen.runtime import (EpochBatches, Limits, RunLogger, cleanup_distributed, init_distributed, load_weights,
@@ -30,8 +38,10 @@ from vqgen.runtime import (EpochBatches, Limits, RunLogger, cleanup_distributed,
                            save_checkpoint, save_final, save_run_config, seed_everything, set_rng_state)
 from vqgen.superres.model import FAMILY as MODEL_FAMILY
 from vqgen.superres.model import SuperResConfig, SuperResolution
+from vqgen.tokenizer.data import image_stream, load_heldout_shards
 
 FAMILY = "superres-train"
+HELDOUT_LIMIT = 256  # held-out images of streamed shards read into memory for evaluation
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,10 @@ class SuperResTrainConfig:
     ms_ssim: float = 0.1  # 1 - MS-SSIM, the tokenizer's weight-free perceptual substitute
     perceptual: float = 0.0  # LPIPS-style VGG16 loss; needs vgg_path
     vgg_path: str | None = None
-    max_images: int = 2000  # images read from the folder (0: all); inputs and targets are kept in memory
-    holdout_every: int = 10
+    max_images: int = 2000  # images read from a folder (0: all), kept in memory with their inputs; not for streams
+    holdout_every: int = 10  # every n-th image is held out (shards: by a hash of the key)
+    stream_workers: int = 2  # DataLoader workers per rank when the data are streamed shards
+    shuffle_buffer: int = 1000  # streamed shards: samples in the shuffle buffer of each reader
     seed: int = 0
     device: str = "auto"
     time_limit_min: float = 0.0  # stop (and save) after this many minutes; 0: no limit
@@ -64,6 +76,8 @@ class SuperResTrainConfig:
         require(self.perceptual == 0 or bool(self.vgg_path), "vgg_path", "perceptual > 0 needs a local VGG16 file")
         require(self.max_images >= 0, "max_images", "must be >= 0")
         require(self.holdout_every >= 2, "holdout_every", "must be >= 2")
+        for name in ("stream_workers", "shuffle_buffer"):
+            require(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("log_every", "eval_every", "ckpt_every"):
             require(getattr(self, name) >= 1, name, "must be >= 1")
 
@@ -108,15 +122,42 @@ def _first_image_size(root: Path) -> tuple[int, int] | None:
     return None
 
 
+def _check_tokenizer(tokenizer) -> None:
+    """Only an unconditioned decoder can reconstruct images without labels or captions."""
+    if getattr(tokenizer, "cond_embed", None) is not None:
+        raise VqgenError("a tokenizer whose decoder is conditioned (class/text) is not supported here")
+
+
 @torch.no_grad()
+def reconstruct(tokenizer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's inputs for target images (B, 3, H, W) in [0, 1]: the tokenizer's
+    reconstructions of them box-downsampled to its size, and the downsampled images, both (B, 3, h, w)."""
+    size = tokenizer.config.image_size
+    low = F.interpolate(images, size=(size, size), mode="area")  # (B, 3, h, w)
+    return tokenizer.decode(tokenizer.encode(low)).float(), low
+
+
+def _with_inputs(tokenizer, targets: torch.Tensor, train_idx: torch.Tensor, heldout_idx: torch.Tensor,
+                 device: torch.device, batch_size: int, show_progress: bool, skipped: Counter) -> SuperResData:
+    """Targets (N, 3, H, W) uint8 with their reconstructions, computed ``batch_size`` at a time."""
+    low_size = tokenizer.config.image_size
+    n = len(targets)
+    inputs = torch.empty(n, 3, low_size, low_size)
+    low = torch.empty(n, 3, low_size, low_size)
+    for s in progress(range(0, n, batch_size), desc="tokenizer reconstructions", enabled=show_progress):
+        x = targets[s:s + batch_size].to(device).float() / 255.0  # (b, 3, H, W)
+        rec, x_low = reconstruct(tokenizer, x)  # (b, 3, h, w) x2
+        inputs[s:s + batch_size], low[s:s + batch_size] = rec.cpu(), x_low.cpu()
+    return SuperResData(inputs, targets, low, train_idx, heldout_idx, skipped)
+
+
 def prepare_data(tokenizer, data_dir: str | Path, scale: int, max_images: int, holdout_every: int,
                  device: torch.device, batch_size: int = 64, show_progress: bool = True) -> SuperResData:
     """Read the image folder or shards at the target size and run the frozen tokenizer over the
     downsampled images."""
     from vqgen.tokenizer.data import load_image_set
 
-    if getattr(tokenizer, "cond_embed", None) is not None:
-        raise VqgenError("a tokenizer whose decoder is conditioned (class/text) is not supported here")
+    _check_tokenizer(tokenizer)
     low_size = tokenizer.config.image_size
     high = low_size * scale
     root = Path(data_dir)
@@ -128,20 +169,24 @@ def prepare_data(tokenizer, data_dir: str | Path, scale: int, max_images: int, h
     n = len(data)
     if n < 2:
         raise VqgenError(f"{root} has {n} usable images; super-resolution needs at least 2")
-    targets = data.images  # (N, 3, H, W) uint8
-    inputs = torch.empty(n, 3, low_size, low_size)
-    low = torch.empty(n, 3, low_size, low_size)
-    tokenizer = tokenizer.to(device).eval()
-    for s in progress(range(0, n, batch_size), desc="tokenizer reconstructions", enabled=show_progress):
-        x = targets[s:s + batch_size].to(device).float() / 255.0  # (b, 3, H, W)
-        x_low = F.interpolate(x, size=(low_size, low_size), mode="area")  # (b, 3, h, w)
-        low[s:s + batch_size] = x_low.cpu()
-        inputs[s:s + batch_size] = tokenizer.decode(tokenizer.encode(x_low)).float().cpu()
     idx = torch.arange(n)
     held = idx % holdout_every == holdout_every - 1
     if not held.any():
         held[-1] = True
-    return SuperResData(inputs, targets, low, idx[~held], idx[held], data.skipped)
+    return _with_inputs(tokenizer.to(device).eval(), data.images, idx[~held], idx[held], device, batch_size,
+                        show_progress, data.skipped)
+
+
+def prepare_heldout_stream(tokenizer, source, scale: int, holdout_every: int, device: torch.device,
+                           batch_size: int = 64) -> SuperResData:
+    """The held-out images of streamed shards (at most :data:`HELDOUT_LIMIT`) at the target size
+    with their reconstructions, as a :class:`SuperResData` with no training images."""
+    _check_tokenizer(tokenizer)
+    held = load_heldout_shards(source, tokenizer.config.image_size * scale, holdout_every, HELDOUT_LIMIT)
+    if held is None:
+        raise VqgenError(f"{source}: no held-out image (holdout_every={holdout_every})")
+    return _with_inputs(tokenizer.to(device).eval(), held.images, torch.zeros(0, dtype=torch.long),
+                        torch.arange(len(held)), device, batch_size, False, Counter())
 
 
 # ----------------------------------------------------------------------------- training
@@ -186,10 +231,14 @@ def _train(cfg: SuperResTrainConfig, tokenizer, data_dir, run_dir: Path, show_pr
 
     device, main = info.device, info.is_main
     seed_everything(cfg.seed)
-    data = prepare_data(tokenizer, data_dir, cfg.model.scale, cfg.max_images, cfg.holdout_every, device,
-                        show_progress=show_progress and main)
-    report_skips(run_dir, data_dir, len(data.targets), data.skipped, main)
-    if len(data.train_idx) < cfg.batch_size * info.world_size:
+    streaming = is_stream_source(data_dir)
+    if streaming:  # held-out images in memory, training images streamed (counted as they are read)
+        data = prepare_heldout_stream(tokenizer, data_dir, cfg.model.scale, cfg.holdout_every, device)
+    else:
+        data = prepare_data(tokenizer, data_dir, cfg.model.scale, cfg.max_images, cfg.holdout_every, device,
+                            show_progress=show_progress and main)
+        report_skips(run_dir, data_dir, len(data.targets), data.skipped, main)
+    if not streaming and len(data.train_idx) < cfg.batch_size * info.world_size:
         raise VqgenError(f"{len(data.train_idx)} training images, fewer than one batch of {cfg.batch_size}"
                          + (f" x {info.world_size} ranks" if info.distributed else ""))
     perceptual = None
@@ -200,12 +249,17 @@ def _train(cfg: SuperResTrainConfig, tokenizer, data_dir, run_dir: Path, show_pr
     model = SuperResolution(cfg.model).to(device)
     opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr) if cfg.optimizer == "sgd"
            else torch.optim.Adam(model.parameters(), lr=cfg.lr))
-    batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed, rank=info.rank,
-                           world_size=info.world_size)
+    if streaming:
+        batches = image_stream(data_dir, cfg.model.scale * tokenizer.config.image_size, cfg.batch_size,
+                               cfg.holdout_every, cfg.seed, info.rank, info.world_size, cfg.stream_workers,
+                               cfg.shuffle_buffer)
+    else:
+        batches = EpochBatches(len(data.train_idx), cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                               world_size=info.world_size)
     state = resume_from(run_dir, lambda ckpt, _: load_weights(model, ckpt / "superres"), main)
     if state is not None:
         opt.load_state_dict(state["opt"])
-        batches.load_state_dict(state["batches"])
+        load_position(batches, state["batches"], info.rank, info.world_size)
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank])
@@ -228,18 +282,23 @@ def _train(cfg: SuperResTrainConfig, tokenizer, data_dir, run_dir: Path, show_pr
         if info.distributed:
             rngs = [None] * info.world_size
             dist.all_gather_object(rngs, rng_state())
+        position = position_state(batches)
         if main:
             save_checkpoint(run_dir, step, {"superres": model}, {
-                "opt": opt.state_dict(), "batches": batches.state_dict(), "rng": rngs, "step": step,
+                "opt": opt.state_dict(), "batches": position, "rng": rngs, "step": step,
                 **limits.state_dict(), "metrics_bytes": metrics_bytes(run_dir)})
         if info.distributed:
             dist.barrier()
 
     try:
         while step < cfg.steps:
-            b = data.train_idx[next(it)]  # (B,)
-            x = data.inputs[b].to(device)  # (B, 3, h, w)
-            y = data.targets[b].to(device).float() / 255.0  # (B, 3, H, W)
+            if streaming:
+                y = next(it)[0].to(device).float() / 255.0  # (B, 3, H, W)
+                x, _ = reconstruct(tokenizer, y)  # (B, 3, h, w)
+            else:
+                b = data.train_idx[next(it)]  # (B,)
+                x = data.inputs[b].to(device)  # (B, 3, h, w)
+                y = data.targets[b].to(device).float() / 255.0  # (B, 3, H, W)
             out = net(x)  # (B, 3, H, W)
             terms = {"l2": (out - y).pow(2).mean()}
             loss = cfg.l2 * terms["l2"]
@@ -266,6 +325,8 @@ def _train(cfg: SuperResTrainConfig, tokenizer, data_dir, run_dir: Path, show_pr
                 checkpoint(step)
         model.eval()
         checkpoint(step)
+        if streaming and main:
+            report_stream(run_dir, data_dir, batches, info.distributed)
         metrics = {}
         if main:
             save_final(model, run_dir / "model")

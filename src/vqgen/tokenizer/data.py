@@ -6,6 +6,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -186,14 +187,29 @@ class ShardBatches:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-def load_heldout_shards(source, size: int, every: int, limit: int) -> ImageSet | None:
-    """Up to ``limit`` held-out images of shards (:func:`heldout_key`) in memory, or None if none."""
+def image_stream(source, size: int, batch_size: int, holdout_every: int, seed: int, rank: int, world_size: int,
+                 workers: int, shuffle_buffer: int, require_text: bool = False, metas: bool = False):
+    """One rank's training batches of image shards: a :class:`~vqgen.data.stream.StreamLoader` over
+    its split (shards shuffled by epoch, samples through ``shuffle_buffer``, a resumable position),
+    without the held-out images (:func:`heldout_key`; :func:`load_heldout_shards` reads those)."""
+    from vqgen.data.stream import StreamLoader
+    from vqgen.data.webdataset import ShardDataset
+
+    shards = ShardDataset(source, size=size, require_text=require_text, rank=rank, world_size=world_size,
+                          shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer)
+    return StreamLoader(shards, batch_size, workers=workers, exclude=partial(heldout_key, every=holdout_every),
+                        metas=metas)
+
+
+def load_heldout_shards(source, size: int, every: int, limit: int, require_text: bool = False) -> ImageSet | None:
+    """Up to ``limit`` held-out images of shards (:func:`heldout_key`) in memory, or None if none;
+    ``require_text``: only images with a caption."""
     from vqgen.data.webdataset import ShardDataset
 
     if every == 0:
         return None
     recs = []
-    for rec in ShardDataset(source, size=size, rank=0, world_size=1):
+    for rec in ShardDataset(source, size=size, require_text=require_text, rank=0, world_size=1):
         if heldout_key(rec.key, every):
             recs.append(rec)
             if len(recs) >= limit:

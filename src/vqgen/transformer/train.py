@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vqgen.data.captions import CaptionBank, caption_lists
+from vqgen.data.captions import CaptionBank, caption_lists, pick_texts
 from vqgen.data.image import image_grid
 from vqgen import distributed as fsdp
 from vqgen.errors import ConfigError, VqgenError
@@ -203,7 +203,8 @@ class StreamData:
     pattern or ``file:``/``pipe:`` URL): ``val`` holds the held-out records found in the first
     :data:`PROBE` samples (in memory, a :class:`TrainData`), ``probe_train`` the codes of the
     training records among them (the unigram baseline); training batches come from
-    :meth:`loader`, split by rank and worker, through a shuffle buffer, with a resumable position."""
+    :meth:`loader`, split by rank and worker, through a shuffle buffer, with a resumable position.
+    A record with several captions (``meta["texts"]``) gives one per step, picked as in memory."""
 
     source: str
     val: TrainData
@@ -212,6 +213,7 @@ class StreamData:
     class_cond: bool
     encode: Callable | None
     max_len: int
+    seed: int
 
     def loader(self, cfg: RunConfig, env: DistInfo):
         from vqgen.data.stream import StreamLoader
@@ -221,18 +223,20 @@ class StreamData:
         ds = ShardDataset(self.source, kind="codes", grid=m.grid, codebook_size=m.codebook_size, rank=env.rank,
                           world_size=env.world_size, shuffle=True, seed=t.seed, shuffle_buffer=t.shuffle_buffer)
         return StreamLoader(ds, t.batch_size, workers=t.stream_workers,
-                            exclude=functools.partial(held_out, every=self.every))
+                            exclude=functools.partial(held_out, every=self.every), metas=True)
 
     def train_batch(self, item, device, draw: tuple[int, int]) -> tuple[torch.Tensor, Condition]:
-        """A streamed batch ``(codes (B, *grid), labels, texts)`` as codes (B, N) and its condition."""
-        codes, labels, texts = item
+        """A streamed batch ``(codes (B, *grid), labels, texts, metas)`` as codes (B, N) and its
+        condition; ``draw`` = (step, micro-batch) picks each row's caption (:func:`pick_texts`)."""
+        codes, labels, texts, metas = item
         class_ids = text_ids = text_mask = None
         if self.class_cond:
             if any(lb is None for lb in labels):
                 raise VqgenError(f"{self.source}: class conditioning needs a label on every record")
             class_ids = torch.tensor(labels, dtype=torch.long, device=device)
         elif self.encode is not None:
-            text_ids, text_mask = self.encode(list(texts), self.max_len)  # (B, L) x2
+            texts = pick_texts(list(texts), metas, self.seed, *draw)  # one caption per row
+            text_ids, text_mask = self.encode(texts, self.max_len)  # (B, L) x2
             text_ids, text_mask = text_ids.to(device), text_mask.to(device)
         return codes.flatten(1).to(device), Condition(class_ids=class_ids, text_ids=text_ids, text_mask=text_mask)
 
@@ -277,7 +281,8 @@ def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, t
 
             encode = FrozenTextEncoder(m.text.pretrained_dir).encode
         else:
-            tok = _bpe(m, run_dir, resuming, text_tokenizer, [r.text for r in front if r.text])
+            lists = caption_lists([r.text for r in front], [r.meta for r in front])
+            tok = _bpe(m, run_dir, resuming, text_tokenizer, [x for c in lists for x in c if x])
             encode = tok.encode
             changes["text"] = dataclasses.replace(m.text, vocab_size=tok.vocab_size)
         text_ids, text_mask = encode([r.text for r in val], m.text.max_len)
@@ -286,7 +291,7 @@ def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, t
     val_data = TrainData(codes=val_codes, labels=labels, text_ids=text_ids, text_mask=text_mask,
                          train_idx=torch.zeros(0, dtype=torch.long), val_idx=torch.arange(len(val)), seed=t.seed)
     data = StreamData(str(source), val_data, torch.stack([r.codes for r in front]).flatten(1), every,
-                      want == "class", encode, m.text.max_len if want == "text" else 0)
+                      want == "class", encode, m.text.max_len if want == "text" else 0, t.seed)
     return cfg, data, {}, tok
 
 
@@ -435,10 +440,9 @@ def _resumed_accum(t, env: DistInfo, state: dict | None) -> int:
 
 
 def _restore_position(run: Run, state: dict, t) -> None:
-    batches = state["batches"]
-    if isinstance(batches, list):  # streamed: this rank's position (another layout starts the epoch over)
-        batches = batches[run.env.rank] if len(batches) == run.env.world_size else batches[0]
-    run.batches.load_state_dict(batches)
+    from vqgen.data.stream import load_position
+
+    load_position(run.batches, state["batches"], run.env.rank, run.env.world_size)
     run.step, run.skipped = int(state["step"]), int(state["skipped"])
     rngs = state["rng"]
     if len(rngs) == run.env.world_size:
@@ -647,17 +651,10 @@ def _rng_states(run: Run) -> list:
 
 def _position(run: Run, run_dir: Path) -> dict:
     """Where the run is (collective for streamed data: each rank's loader position, in rank order)."""
-    batches = run.batches.state_dict()
-    if not isinstance(run.batches, EpochBatches):
-        batches = _gathered(batches, run.env.world_size) if dist.is_initialized() else [batches]
-    return {"batches": batches, "step": run.step, "skipped": run.skipped,
+    from vqgen.data.stream import position_state
+
+    return {"batches": position_state(run.batches), "step": run.step, "skipped": run.skipped,
             "global_batch": run.global_batch, "metrics_bytes": metrics_bytes(run_dir)}
-
-
-def _gathered(obj, world: int) -> list:
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def checkpoint_sharded(run: Run, run_dir: Path) -> None:
@@ -750,12 +747,9 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
         if last_ckpt != run.step:
             checkpoint(run, run_dir)
         if streaming and env.is_main:  # rank 0's share of the stream, like stage 1
-            where = f"{codes_dir} (rank 0's shards)" if env.distributed else codes_dir
-            loader = run.batches
-            if loader.records is not None:
-                report_skips(run_dir, where, loader.records, loader.skipped)
-            else:
-                report_skips(run_dir, f"{where}, part of one pass", None, loader.pass_skipped)
+            from vqgen.data.stream import report_stream
+
+            report_stream(run_dir, codes_dir, run.batches, env.distributed)
         val = evaluate(run, held, device)  # logged after the last checkpoint: a re-run logs it once
         logger.log(run.step, {"val_loss": val, "unigram_val_loss": uni, **evaluate_infill(run, held, device)})
         _save_final_model(run, run_dir, text_tok, grids)
