@@ -1,6 +1,7 @@
-"""Streamed shards in the later stages: the reranker and super-resolution train on image shards
-through StreamLoader (resume at the next sample, bad samples counted), and a streamed transformer
-run reads one of each record's several captions per step, as the in-memory path does."""
+"""Streamed shards in every stage: the tokenizer (also under FSDP), the reranker and super-resolution
+train on image shards through StreamLoader (resume at the next sample, bad samples counted), and a
+streamed transformer run reads one of each record's several captions per step, as the in-memory
+path does."""
 from __future__ import annotations
 
 import io
@@ -159,3 +160,120 @@ def test_streamed_transformer_reads_one_of_several_captions_per_step_and_resumes
     picked = {t for _, out in straight_rows for t in out}
     assert picked - {m["texts"][0] for m in metas}  # not only the canonical captions
     assert read[6:] == straight_rows[3:]  # the resumed run reads the same captions of the same records
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def recording_loss(monkeypatch, reads: list):
+    """Make the tokenizer trainer append each step's images (B, 3, S, S) to ``reads[-1]``."""
+    import vqgen.tokenizer.train as ttrain
+
+    class Recording(ttrain.ReconstructionLoss):
+        def forward(self, x, out, step, disc=None):
+            reads[-1].append(x.detach().clone())
+            return super().forward(x, out, step, disc)
+
+    monkeypatch.setattr(ttrain, "ReconstructionLoss", Recording)
+
+
+def tokenizer_config(**fields):
+    return replace(get_preset("tokenizer", "tiny"), holdout_every=4, eval_batches=1, sample_every=100, **fields)
+
+
+def test_tokenizer_streams_shards_resumes_at_the_next_sample_and_counts_bad_ones(tmp_path, monkeypatch, capsys):
+    from tests.test_tokenizer_train import write_shards
+    from vqgen.tokenizer.train import train_tokenizer
+
+    shards = write_shards(tmp_path / "shards", num_shards=3, per_shard=8, bad=1)
+    assert not heldout_key("00000.tar:000000", 4)  # the broken sample is a training one
+    monkeypatch.setattr("vqgen.tokenizer.train.load_image_set", None)  # shards are not read into memory
+    reads: list[list[torch.Tensor]] = []
+    recording_loss(monkeypatch, reads)
+    cfg = tokenizer_config(steps=8, ckpt_every=4, stream_workers=2, shuffle_buffer=8)
+    source = f"pipe:cat {shards}/{{00000..00002}}.tar"
+
+    def run(out):
+        reads.append([])
+        train_tokenizer(cfg, source, out, show_progress=False)
+
+    straight, resumed = straight_and_resumed(run, tmp_path, at=4)
+    first, second = reads
+    assert len(first) == 8 and len(second) == 4
+    assert all(torch.equal(a, b) for a, b in zip(first[4:], second))  # the resumed run went on at the next sample
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((straight / "data.json").read_text())
+    assert summary["skipped"] == {"corrupt": 1} and summary["records"] is not None  # 8 x 4 > one pass
+    assert "1 skipped (corrupt: 1)" in capsys.readouterr().out
+
+
+def test_tokenizer_stream_shuffles_samples_through_its_buffer(tmp_path, monkeypatch):
+    import numpy as np
+
+    from tests.test_tokenizer_train import _blocks, write_shards
+    from vqgen.tokenizer.train import train_tokenizer
+
+    shards = write_shards(tmp_path / "shards", num_shards=3, per_shard=8)
+    index = {np.asarray(_blocks(n)).tobytes(): n for n in range(24)}
+    reads: list[list[torch.Tensor]] = []
+    recording_loss(monkeypatch, reads)
+
+    def order(buffer: int) -> list[int]:
+        """The numbers of the shard images the run trained on, in order (4 steps of 4: most of a pass)."""
+        reads.append([])
+        train_tokenizer(tokenizer_config(steps=4, ckpt_every=100, stream_workers=0, shuffle_buffer=buffer), shards,
+                        tmp_path / f"buffer{buffer}", show_progress=False)
+        pixels = torch.cat(reads[-1]).mul(255).round().byte().permute(0, 2, 3, 1).numpy()  # (N, S, S, 3)
+        return [index[img.tobytes()] for img in pixels]
+
+    def shard_by_shard(seq: list[int]) -> bool:
+        """Each shard's images together and in the shard's order (shard n // 8)."""
+        runs = [n // 8 for i, n in enumerate(seq) if i == 0 or n // 8 != seq[i - 1] // 8]
+        return len(runs) == len(set(runs)) and all(b > a for a, b in zip(seq, seq[1:]) if a // 8 == b // 8)
+
+    plain, shuffled = order(0), order(8)
+    assert len(plain) == len(shuffled) == 16
+    assert shard_by_shard(plain)  # no buffer: only the shard order is shuffled
+    assert not shard_by_shard(shuffled)  # a buffer of 8 mixes samples within and across shards
+
+
+def _streamed_fsdp_worker(rank: int, world: int, port: int, data: str, run: str) -> None:
+    import os
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    from vqgen.tokenizer.train import train_tokenizer
+
+    cfg = tokenizer_config(steps=5, ckpt_every=3, stream_workers=1, shuffle_buffer=4, fsdp=True)
+    train_tokenizer(cfg, data, run, show_progress=False)
+
+
+def test_tokenizer_streams_under_fsdp_on_two_ranks_and_resumes_identically(tmp_path):
+    import torch.multiprocessing as mp
+
+    from tests.test_tokenizer_ddp import _free_port
+    from tests.test_tokenizer_train import write_shards
+
+    shards = write_shards(tmp_path / "shards", num_shards=4, per_shard=8, bad=1)
+    straight, resumed = straight_and_resumed(
+        lambda out: mp.spawn(_streamed_fsdp_worker, args=(2, _free_port(), str(shards), str(out)), nprocs=2,
+                             join=True), tmp_path, at=3)
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = torch.load(straight / "checkpoints" / "step-0000003" / "resume.pt", weights_only=False)["batches"]
+    assert [s["layout"] for s in saved] == [[2, 1], [2, 1]]  # each rank's position, in rank order
+    assert all(s["consumed"] > 0 for s in saved)  # resumed within a pass (2 batches a pass here)
+    assert "rank 0's shards" in json.loads((straight / "data.json").read_text())["source"]
+
+
+def test_a_tokenizer_checkpoint_from_before_stream_loader_restarts_its_epoch(tmp_path, capsys):
+    from tests.test_tokenizer_train import write_shards
+    from vqgen.data.stream import load_position
+    from vqgen.tokenizer.data import image_stream
+
+    shards = write_shards(tmp_path / "shards", num_shards=2, per_shard=4)
+    loader = image_stream(shards, 16, 2, holdout_every=0, seed=0, rank=0, world_size=1, workers=0, shuffle_buffer=4)
+    load_position(loader, {"epoch": 1, "index": 3}, rank=0, world_size=1)  # what ShardBatches saved
+    assert (loader.epoch, loader.consumed, loader.positions) == (1, 0, [0])
+    assert "epoch 1 of the shards starts over" in capsys.readouterr().err
+    assert next(iter(loader))[0].shape == (2, 3, 16, 16)

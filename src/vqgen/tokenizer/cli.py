@@ -13,13 +13,17 @@ def register(sub) -> None:
     group = add_group(sub, "tokenizer", help="train and use image tokenizers (ViT-VQGAN, CNN-VQGAN)",
                       description="Stage 1: images ⇄ grids of discrete codes.")
 
-    p = group.add_parser("train", help="train a tokenizer on an image folder (resumes an existing RUN)",
+    p = group.add_parser("train", help="train a tokenizer on images (resumes an existing RUN)",
                          description="Train a tokenizer. On an existing RUN the same command continues from the "
                                      "latest checkpoint with the run's saved config (only steps, intervals and time "
-                                     "limits may change). Under `torchrun` it trains with DDP.")
+                                     "limits may change). Under `torchrun` it trains with DDP (FSDP: --set "
+                                     "fsdp=true). An image folder is read into memory; WebDataset shards stream "
+                                     "(split by rank and worker, --set shuffle_buffer=N, --set stream_workers=N; "
+                                     "the position is in each checkpoint; the held-out images, by key, are read "
+                                     "into memory).")
     p.add_argument("--data", required=True, metavar="DATA",
-                   help="image folder (metadata.jsonl + images), or WebDataset shards (a folder of .tar, one .tar, "
-                        "or a pattern such as 'shards/{00000..00099}.tar'), streamed")
+                   help="image folder (metadata.jsonl + images), or WebDataset shards to stream (a folder of .tar, "
+                        "one .tar, a pattern such as 'shards/{00000..00099}.tar', a file: or pipe: URL)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="config preset (tiny, tiny-cnn, emoji, emoji-plain, emoji-cnn, small, base, large, "
                         "small-large); required for a new RUN")
@@ -111,7 +115,8 @@ def _eval(args) -> int:
     from vqgen.tokenizer.config import TokenizerTrainConfig
     import torch
 
-    from vqgen.tokenizer.data import heldout_key, holdout_split, is_shard_source, load_image_set
+    from vqgen.data.stream import is_stream_source
+    from vqgen.tokenizer.data import heldout_key, holdout_split, load_image_set
     from vqgen.tokenizer.encode import load_tokenizer
     from vqgen.tokenizer.evaluate import evaluate_tokenizer
 
@@ -127,7 +132,7 @@ def _eval(args) -> int:
             every = load_config(TokenizerTrainConfig, run_cfg).holdout_every
         except ConfigError:
             raise VqgenError(f"--split {args.split} needs the run's config.json ({run_cfg}); use --split all") from None
-    if is_shard_source(args.data):  # shards hold out by key, as training did
+    if is_stream_source(args.data):  # shards hold out by key, as training did
         held = torch.tensor([heldout_key(k, every) for k in data.keys], dtype=torch.bool)  # (N,)
         train_idx, held_idx = torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()
     else:

@@ -68,6 +68,8 @@ class TokenizerTrainConfig:
     fsdp: bool = False  # shard with FSDP2 (fully_shard) under torchrun, the model built on the meta device
     activation_checkpointing: bool = False  # recompute the encoder/decoder blocks' activations in backward
     holdout_every: int = 10  # every n-th image of the folder is held out for evaluation (0: none)
+    stream_workers: int = 2  # DataLoader workers per rank when the data are streamed shards
+    shuffle_buffer: int = 1000  # streamed shards: samples in the shuffle buffer of each reader
     time_limit_min: float = 0.0  # stop (and checkpoint) after this many wall-clock minutes; 0: no limit
     cpu_limit_min: float = 0.0  # stop after this many minutes of this process's CPU time (equal-budget runs)
     log_every: int = 20
@@ -81,6 +83,8 @@ class TokenizerTrainConfig:
     def __post_init__(self):
         require(self.steps >= 0, "steps", "must be >= 0")
         require(self.holdout_every >= 0 and self.holdout_every != 1, "holdout_every", "must be 0 or >= 2")
+        for name in ("stream_workers", "shuffle_buffer"):
+            require(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("log_every", "sample_every", "ckpt_every"):
             require(getattr(self, name) >= 1, name, "must be >= 1")
         require(not self.decoder_only or bool(self.init_from), "decoder_only", "needs init_from (a trained tokenizer)")

@@ -1,6 +1,7 @@
 """Images for tokenizer training and evaluation: an image folder or WebDataset shards held in
-memory (:func:`load_image_set`), shards streamed batch by batch (:class:`ShardBatches`), and the
-held-out split (every n-th image of a folder; the images whose key hashes to it in shards)."""
+memory (:func:`load_image_set`), shards streamed for training (:func:`image_stream`) or in one pass
+(:func:`stream_shards`), and the held-out split (every n-th image of a folder; the images whose key
+hashes to it in shards)."""
 from __future__ import annotations
 
 import zlib
@@ -43,16 +44,6 @@ class ImageSet:
         return torch.tensor(self.labels, dtype=torch.long)
 
 
-def is_shard_source(source: str | Path) -> bool:
-    """True for WebDataset shards: one ``.tar``, a brace pattern, or a folder of ``.tar`` files
-    without ``metadata.jsonl`` (an image folder otherwise)."""
-    text = str(source)
-    path = Path(source)
-    if text.endswith(".tar") or ("{" in text and ".tar" in text):
-        return True
-    return path.is_dir() and not (path / "metadata.jsonl").is_file() and any(path.glob("*.tar"))
-
-
 def _image_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
 
@@ -60,7 +51,9 @@ def _image_tensor(image) -> torch.Tensor:
 def load_image_set(root: str | Path, size: int, require_text: bool = False, limit: int = 0) -> ImageSet:
     """Decode every image of an image folder or of WebDataset shards (at most ``limit``; 0: all)
     at ``size`` x ``size`` into one uint8 tensor. Skipped records are counted by reason."""
-    if is_shard_source(root):
+    from vqgen.data.stream import is_stream_source
+
+    if is_stream_source(root):
         from vqgen.data.webdataset import ShardDataset
 
         ds = ShardDataset(root, size=size, require_text=require_text, rank=0, world_size=1)
@@ -139,52 +132,6 @@ def stream_shards(source, size: int, batch_size: int, workers: int = 0, drop_las
         else:
             yield tuple(item)
     yield records, skipped
-
-
-class ShardBatches:
-    """Endless training batches streamed from WebDataset shards, epoch after epoch.
-
-    Each rank and DataLoader worker reads its own shards (:class:`~vqgen.data.webdataset.ShardDataset`);
-    the shard order is shuffled by ``(seed, epoch)``; held-out samples (:func:`heldout_key`) are left
-    out. Yields ``(images (B, 3, S, S) uint8, labels, texts)``. The position (epoch, batches read in
-    it) is the ``state_dict``; resuming re-reads and drops the batches already trained on.
-    After a pass, ``records`` and ``skipped`` (by reason) are that pass's counts for this rank.
-    """
-
-    def __init__(self, source, size: int, batch_size: int, seed: int = 0, holdout_every: int = 0,
-                 rank: int = 0, world_size: int = 1, workers: int = 0):
-        from vqgen.data.webdataset import ShardDataset
-
-        self.source = source
-        self.shards = ShardDataset(source, size=size, rank=rank, world_size=world_size, shuffle=True, seed=seed)
-        self.batch_size, self.holdout_every, self.workers = batch_size, holdout_every, workers
-        self.epoch, self.index = 0, 0
-        self.records, self.skipped, self.passes = 0, Counter(), 0
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list, list]]:
-        while True:
-            self.shards.set_epoch(self.epoch)
-            got = 0
-            for item in stream_shards(None, 0, self.batch_size, self.workers, True, self.holdout_every, self.shards):
-                if len(item) == 2:
-                    self.records, self.skipped = item
-                    self.passes += 1
-                    continue
-                got += 1
-                if got <= self.index:  # resuming: already trained on
-                    continue
-                self.index += 1
-                yield item[0], item[1], item[2]
-            if got == 0:
-                raise VqgenError(f"{self.source}: fewer than one batch of {self.batch_size} training images for "
-                                 f"this rank (skipped: {dict(self.skipped) or 'none'})")
-            self.epoch, self.index = self.epoch + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 def image_stream(source, size: int, batch_size: int, holdout_every: int, seed: int, rank: int, world_size: int,

@@ -41,11 +41,12 @@ def encode_folder(model: VQTokenizer, data_dir: str | Path, out_dir: str | Path,
                   device: str | torch.device = "cpu", show_progress: bool = True, workers: int = 0) -> dict:
     """Encode every image of an image folder, or of WebDataset shards (streamed, ``workers``
     DataLoader workers), into ``out_dir`` code shards; returns a summary with the skip counts."""
-    from vqgen.tokenizer.data import is_shard_source, load_image_set, stream_shards
+    from vqgen.data.stream import is_stream_source
+    from vqgen.tokenizer.data import load_image_set, stream_shards
 
     size = model.config.image_size
     model = model.to(device).eval()
-    if is_shard_source(data_dir):
+    if is_stream_source(data_dir):
         batches, class_names = stream_shards(data_dir, size, batch_size, workers), None
     else:
         data = load_image_set(data_dir, size)

@@ -4,10 +4,13 @@
 TensorBoard scalars and images, reconstruction grids under ``samples/``, checkpoints that resume
 exactly (weights, optimizers, schedulers, step, RNG, batch position, codebook monitor) and the
 final model at ``RUN/model/``. Called again on the same RUN it continues from the latest checkpoint.
+
+An image folder is read into memory. Shards (:func:`~vqgen.data.stream.is_stream_source`) stream
+through a :class:`~vqgen.data.stream.StreamLoader` (split by rank and worker, a shuffle buffer, every
+rank's position in the checkpoint, bad samples counted into ``RUN/data.json``).
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,16 +23,16 @@ import torch.distributed as dist
 from torch import nn
 
 from vqgen import distributed as fsdp
+from vqgen.data.stream import StreamLoader, is_stream_source, load_position, position_state, report_stream
 from vqgen.errors import ConfigError, VqgenError
-from vqgen.runtime import (DATA_NAME, CheckpointError, EpochBatches, Limits, RunLogger, autocast, cleanup_distributed,
+from vqgen.runtime import (CheckpointError, EpochBatches, Limits, RunLogger, autocast, cleanup_distributed,
                            init_distributed, is_sharded, load_weights, lr_factor, metrics_bytes, model_dir, progress,
                            report_skips, resolve_run_config, resume_from, rng_state, save_checkpoint, save_final,
                            save_run_config, save_sharded_checkpoint, seed_everything, set_lr, set_rng_state, unwrap)
 from vqgen.tokenizer.base import VQTokenizer
 from vqgen.tokenizer.cnn_vqgan import CNNVQGAN
 from vqgen.tokenizer.config import TokenizerTrainConfig
-from vqgen.tokenizer.data import (ImageSet, ShardBatches, holdout_split, is_shard_source, load_heldout_shards,
-                                  load_image_set)
+from vqgen.tokenizer.data import ImageSet, holdout_split, image_stream, load_heldout_shards, load_image_set
 from vqgen.tokenizer.discriminator import StyleGANDiscriminator
 from vqgen.tokenizer.evaluate import evaluate_tokenizer, reconstruction_grid
 from vqgen.tokenizer.losses import ReconstructionLoss, gan_discriminator_loss
@@ -115,11 +118,11 @@ def _conditions(cfg: TokenizerTrainConfig, labels: list, texts: list,
 @dataclass
 class TrainImages:
     """Where training batches and evaluation images come from: an image folder in memory, or
-    WebDataset shards streamed (:class:`~vqgen.tokenizer.data.ShardBatches`) with their held-out
+    WebDataset shards streamed (:func:`~vqgen.tokenizer.data.image_stream`) with their held-out
     images in memory. ``position`` is the resumable batch order; ``batches()`` yields
     ``(images (B, 3, S, S) uint8, conditions or None)``."""
 
-    position: EpochBatches | ShardBatches
+    position: EpochBatches | StreamLoader
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor | None]]]
     eval_set: ImageSet | None  # held-out images (shards: the first ones found), else None
     eval_conds: torch.Tensor | None
@@ -131,10 +134,9 @@ def open_images(cfg: TokenizerTrainConfig, source, run_dir: Path, info, text_enc
                 data: ImageSet | None = None) -> TrainImages:
     """Open the training images (``data`` if given, else ``source``) and record their skip counts."""
     bs = cfg.optim.batch_size
-    if data is None and is_shard_source(source):
-        workers = min(4, (os.cpu_count() or 1) // info.world_size) if info.device.type == "cuda" else 0
-        stream = ShardBatches(source, cfg.image_size, bs, cfg.seed, cfg.holdout_every, info.rank, info.world_size,
-                              workers)
+    if data is None and is_stream_source(source):  # counted as they stream (report_stream at the end)
+        stream = image_stream(source, cfg.image_size, bs, cfg.holdout_every, cfg.seed, info.rank, info.world_size,
+                              cfg.stream_workers, cfg.shuffle_buffer)
         held = load_heldout_shards(source, cfg.image_size, cfg.holdout_every, max(8, cfg.eval_batches * bs))
         samples = held or load_image_set(source, cfg.image_size, limit=8)
 
@@ -242,7 +244,7 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
             opt.load_state_dict(state["opt"])
             if disc is not None:
                 opt_d.load_state_dict(state["opt_d"])
-        batches.load_state_dict(state["batches"])
+        load_position(batches, state["batches"], info.rank, info.world_size)
         monitor.load_state_dict(state["monitor"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rngs) == info.world_size:
@@ -340,17 +342,19 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
         if info.is_main and eval_now:
             _log_eval(logger, view, images.eval_set, images.eval_conds, device, step, cfg.optim.batch_size,
                       limit=cfg.eval_batches * cfg.optim.batch_size)
-        if (step % cfg.ckpt_every == 0 or step == cfg.steps or stop) and sharded:
-            resume = {"step": step, **limits.state_dict(), "batches": batches.state_dict(),
+        ckpt_now = step % cfg.ckpt_every == 0 or step == cfg.steps or stop
+        position = position_state(batches) if ckpt_now else None  # every rank's stream position (collective)
+        if ckpt_now and sharded:
+            resume = {"step": step, **limits.state_dict(), "batches": position,
                       "monitor": monitor.state_dict(), "rng": _rng_states(info), "metrics_bytes": metrics_bytes(run_dir)}
             comps = {"tokenizer": model, **({"discriminator": disc} if disc is not None else {})}
             state_now = shards()
             save_sharded_checkpoint(run_dir, step, lambda where: fsdp.save_sharded(where, state_now), comps, resume,
                                     info.is_main)
-        elif step % cfg.ckpt_every == 0 or step == cfg.steps or stop:
+        elif ckpt_now:
             if info.is_main:
                 resume = {"step": step, **limits.state_dict(), "opt": opt.state_dict(),
-                          "batches": batches.state_dict(), "monitor": monitor.state_dict(), "rng": rng_state(),
+                          "batches": position, "monitor": monitor.state_dict(), "rng": rng_state(),
                           "metrics_bytes": metrics_bytes(run_dir)}
                 components = {"tokenizer": model}
                 if disc is not None:
@@ -361,12 +365,8 @@ def _train(cfg, data_dir, run_dir, text_encoder, data, show_progress, info) -> V
                 dist.barrier()
     bar.close()
 
-    if info.is_main and isinstance(batches, ShardBatches):  # shards are counted as they stream
-        where = f"{data_dir} (rank 0's shards)" if info.distributed else data_dir
-        if batches.passes:
-            report_skips(run_dir, where, batches.records, batches.skipped)
-        elif not (run_dir / DATA_NAME).is_file():  # keep a full pass's counts from before a resume
-            report_skips(run_dir, f"{where}, part of one pass", None, batches.shards.skipped)
+    if info.is_main and isinstance(batches, StreamLoader):
+        report_stream(run_dir, data_dir, batches, info.distributed)
     final = _plain(model, lambda: build_tokenizer(cfg)).to(device) if sharded else model
     if info.is_main:
         save_final(final, run_dir / "model")
