@@ -22,6 +22,7 @@ sampling costs the same whatever the weights are), or ``--model DIR`` for a pipe
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/serve_load.py
     OMP_NUM_THREADS=1 .venv/bin/python bench/serve_load.py --rate 20 --requests 200 --rounds 2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/serve_load.py --rate 6 --sweep 3,10,15,20   # latency vs load
 """
 from __future__ import annotations
 
@@ -151,7 +152,10 @@ def main() -> None:
     parser.add_argument("--model", default=None,
                         help="pipeline directory (default: random weights in the parti-tiny architecture)")
     parser.add_argument("--device", default="cpu", help="device for the pipeline (default cpu)")
-    parser.add_argument("--rate", type=float, default=20.0, help="mean arrivals per second (default 20)")
+    parser.add_argument("--rate", type=float, default=20.0, help="mean arrivals per second (default 20): the "
+                        "headline rate, and the disconnect run's")
+    parser.add_argument("--sweep", default="", metavar="R1,R2,...",
+                        help="more arrival rates, each measured the same way and reported as p99_ratio@R=...x")
     parser.add_argument("--requests", type=int, default=200, help="requests per run (default 200)")
     parser.add_argument("--max-batch", type=int, default=16, help="image rows sampled together (default 16)")
     parser.add_argument("--rounds", type=int, default=2, help="continuous/request pairs, alternating (default 2)")
@@ -163,7 +167,11 @@ def main() -> None:
     parser.add_argument("--in-process-client", action="store_true",
                         help="send the requests from this process (default: a client process of its own)")
     args = parser.parse_args()
-    if args.rate <= 0 or args.requests < 1 or args.max_batch < 1 or args.rounds < 1 or not 0 <= args.disconnect < 1:
+    try:
+        sweep = [float(r) for r in args.sweep.split(",") if r.strip()]
+    except ValueError:
+        parser.error(f"--sweep {args.sweep!r}: comma-separated rates")
+    if any(r <= 0 for r in sweep) or args.rate <= 0 or args.requests < 1 or args.max_batch < 1 or args.rounds < 1 or not 0 <= args.disconnect < 1:
         parser.error("--rate, --requests, --max-batch, --rounds must be positive and --disconnect in [0, 1)")
 
     from vqgen.pipelines import TextToImagePipeline
@@ -174,13 +182,18 @@ def main() -> None:
         pipe, model_name = random_tiny_pipeline(args.device), "random parti-tiny"
     extra = {} if args.rerank is None else {"rerank": args.rerank}
     client = None if args.in_process_client else ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
-    runs = {mode: [] for mode in MODES}
-    for i in range(args.rounds):
-        times = arrivals(args.requests, args.rate, args.seed + i)
-        for mode in (list(MODES) if i % 2 == 0 else list(MODES)[::-1]):
-            runs[mode].append(run(pipe, mode, args.max_batch, times, extra=extra, client=client))
-            print(f"round {i + 1}, " + _fmt(mode, pool(runs[mode][-1:])), flush=True)
-    cont, req = pool(runs["continuous"]), pool(runs["request"])
+    by_rate = {}
+    for rate in [args.rate] + [r for r in sweep if r != args.rate]:
+        runs = {mode: [] for mode in MODES}
+        for i in range(args.rounds):
+            times = arrivals(args.requests, rate, args.seed + i)
+            for mode in (list(MODES) if i % 2 == 0 else list(MODES)[::-1]):
+                runs[mode].append(run(pipe, mode, args.max_batch, times, extra=extra, client=client))
+                print(f"rate {rate:g}/s, round {i + 1}, " + _fmt(mode, pool(runs[mode][-1:])), flush=True)
+        by_rate[rate] = pool(runs["continuous"]), pool(runs["request"])
+    cont, req = by_rate[args.rate]
+    swept = " ".join(f"p99_ratio@{r:g}={q['p99'] / c['p99']:.2f}x mean_ratio@{r:g}={q['mean'] / c['mean']:.2f}x "
+                     f"rps@{r:g}={c['rps']:.2f}/{q['rps']:.2f}" for r, (c, q) in by_rate.items())
 
     rng = random.Random(args.seed + 1000)
     times = arrivals(args.requests, args.rate, args.seed + 1000)
@@ -195,7 +208,8 @@ def main() -> None:
           flush=True)
     print(f"serve_load: continuous_vs_batched_p99={req['p99'] / cont['p99']:.2f}x "
           f"continuous_vs_batched_mean={req['mean'] / cont['mean']:.2f}x "
-          f"throughput {cont['rps']:.2f} vs {req['rps']:.2f} req/s (offered {args.rate:g}/s) lost_on_disconnect={lost} | "
+          f"throughput {cont['rps']:.2f} vs {req['rps']:.2f} req/s (offered {args.rate:g}/s) lost_on_disconnect={lost} "
+          f"{swept} | "
           f"{args.requests} Poisson requests x {args.rounds} rounds, max_batch {args.max_batch}, model {model_name} "
           f"({pipe.image_size}px), rerank {args.rerank or 'default'}, {args.device}, "
           f"client {'in process' if client is None else 'process'} | {_fmt('continuous', cont)} | {_fmt('request', req)}")
