@@ -178,3 +178,28 @@ def test_init_from_and_freeze(codes, tmp_path, capsys):
     capsys.readouterr()
     assert main(transformer_cmd(codes, tmp_path / "typo", 1, "train.freeze=blocks.9.*")) == 2
     assert "matches no parameter" in capsys.readouterr().err
+
+
+def test_init_from_with_a_fresh_text_side(codes, tmp_path, capsys):
+    """``train.init_text=false``: the image decoder comes from ``init_from``, the text side (and its BPE)
+    starts fresh; with the decoder frozen it stays bit-identical while the new text side trains."""
+    def parti(run, steps, *sets):
+        return [("parti-tiny" if a == "vim-tiny" else a) for a in transformer_cmd(codes, run, steps, *sets)]
+
+    base = tmp_path / "base"
+    assert main(parti(base, 2)) == 0
+    start = weights(base / "model")
+    tuned = tmp_path / "tuned"
+    decoder = "blocks.*,tok_emb*,pos_emb*,head*,norm.*,bos,null_slot"
+    assert main(parti(tuned, 2, f"train.init_from={base}", "train.init_text=false", f"train.freeze={decoder}")) == 0
+    end = weights(tuned / "model")
+    text = [k for k in end if k.startswith(("text_", "encoder.", "enc_norm."))]
+    assert text and all(k in start for k in text)
+    assert all(torch.equal(start[k], end[k]) for k in end if k not in text)  # the decoder: bit-identical
+    assert not any(torch.equal(start[k], end[k]) for k in text if start[k].shape == end[k].shape and "norm" not in k)
+    capsys.readouterr()
+    assert main(transformer_cmd(codes, tmp_path / "vim", 1, f"train.init_from={tmp_path / 'base'}",
+                                "train.init_text=false")) == 2
+    assert "no separate text side" in capsys.readouterr().err
+    assert main(parti(tmp_path / "alone", 1, "train.init_text=false")) == 2
+    assert "train.init_text" in capsys.readouterr().err

@@ -63,6 +63,9 @@ class PartiConfig(TransformerConfig):
 @register_model("parti")
 class Parti(TextModelMixin, TokenModel, PretrainedMixin):
     config_class = PartiConfig
+    # parameters of the text side: the trained encoder or the frozen encoder's projection, adapter and
+    # pooling (``train.init_text=false`` starts them fresh; the image decoder is the rest)
+    TEXT_SIDE = ("text_", "encoder.", "enc_norm.", "pool_", "adapter.")
 
     def __init__(self, config: PartiConfig):
         super().__init__()

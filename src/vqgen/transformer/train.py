@@ -488,7 +488,7 @@ def build_sharded_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, nu
 
     state = resume_from(run_dir, restore, env.is_main)
     if state is None and t.init_from:
-        _load_full(model, model_dir(t.init_from), env)
+        _load_full(model, model_dir(t.init_from), env, skip=() if t.init_text else text_side(model))
     run = Run(cfg, env, model, loss_mod, torch.compile(loss_mod) if t.compile else loss_mod, opt,
               _batches(num_train, cfg, env), accum=_resumed_accum(t, env, state))
     if state is not None:
@@ -496,15 +496,51 @@ def build_sharded_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, nu
     return run
 
 
-def _load_full(model: TokenModel, directory: Path, env: DistInfo) -> None:
-    """A saved model's weights into a sharded model: rank 0 reads the file, each rank keeps its shard."""
+def _load_full(model: TokenModel, directory: Path, env: DistInfo, skip: tuple[str, ...] = ()) -> None:
+    """A saved model's weights into a sharded model: rank 0 reads the file, each rank keeps its shard
+    (names starting with a ``skip`` prefix keep their fresh values)."""
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     from vqgen.io import WEIGHTS_NAME
 
     full = load_file(str(directory / WEIGHTS_NAME)) if env.is_main else {}
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    if skip:
+        full = _without_text(full, model, skip, directory) if env.is_main else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                               strict=not skip))
+
+
+def text_side(model: TokenModel) -> tuple[str, ...]:
+    """Parameter-name prefixes of a model's text side (``train.init_text=false`` leaves them fresh)."""
+    prefixes = getattr(type(model), "TEXT_SIDE", ())
+    if not prefixes:
+        raise ConfigError(f"train.init_text=false: a {type(model).__name__} model has no separate text side "
+                          "(only Parti's encoder and text projection can start fresh)")
+    return prefixes
+
+
+def _without_text(weights: dict, model: TokenModel, skip: tuple[str, ...], directory: Path) -> dict:
+    """``weights`` less the text side, checked against ``model``: every other tensor present, same shape."""
+    kept = {k: v for k, v in weights.items() if not k.startswith(skip)}
+    own = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(skip)}
+    missing = sorted(set(own) - set(kept))
+    wrong = sorted(k for k in own if k in kept and tuple(kept[k].shape) != tuple(own[k]))
+    if missing or wrong or set(kept) - set(own):
+        raise CheckpointError(f"{directory}: its image decoder does not fit this model (missing {missing[:3]}, "
+                              f"other shapes {wrong[:3]}, extra {sorted(set(kept) - set(own))[:3]})")
+    return kept
+
+
+def init_decoder(model: TokenModel, directory: Path) -> None:
+    """``init_from`` with a fresh text side: the saved model's image decoder into ``model``."""
+    from safetensors.torch import load_file
+
+    from vqgen.io import WEIGHTS_NAME
+
+    skip = text_side(model)
+    model.load_state_dict(_without_text(load_file(str(directory / WEIGHTS_NAME)), model, skip, directory),
+                          strict=False)
 
 
 def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train: int) -> Run:
@@ -527,8 +563,10 @@ def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train:
 
     state = resume_from(run_dir, restore, env.is_main)
     if state is None:
-        if t.init_from:
+        if t.init_from and t.init_text:
             load_weights(model, model_dir(t.init_from))
+        elif t.init_from:
+            init_decoder(model, model_dir(t.init_from))
         if ema is not None:
             ema.load_state_dict(model.state_dict())
     frozen = freeze(model, t.freeze) if t.freeze else []
@@ -760,8 +798,9 @@ def train(codes_dir: str | Path, run_dir: str | Path, preset: str | None = None,
 
 
 def _text_tokenizer(cfg: RunConfig, resuming: bool, given: str | Path | None) -> str | Path | None:
-    """The BPE to use: the one given, else ``init_from``'s (its token ids are what its weights learnt)."""
-    if given or resuming or not cfg.train.init_from:
+    """The BPE to use: the one given, else ``init_from``'s (its token ids are what its weights learnt),
+    unless the text side starts fresh (``init_text=false``: a new BPE is trained on the captions)."""
+    if given or resuming or not cfg.train.init_from or not cfg.train.init_text:
         return given
     path = model_dir(cfg.train.init_from) / "tokenizer.json"
     return path if path.is_file() else None
