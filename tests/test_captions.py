@@ -182,6 +182,29 @@ def test_transformer_training_reads_one_seeded_caption_per_record_and_step(tmp_p
     assert set(seen.unique().tolist()) == {0, 1, 2} and abs(float((seen == 0).float().mean()) - 1 / 3) < 0.03
 
 
+def test_canonical_share_reads_the_canonical_caption_that_often(tmp_path):
+    import torch
+
+    from vqgen.data.captions import pick_captions, pick_texts
+    from vqgen.transformer.train import prepare, resolve_config
+
+    counts = torch.full((20000,), 4)
+    assert torch.equal(pick_captions(counts, 0, 3), pick_captions(counts, 0, 3, canonical=0.0))  # 0 = as before
+    half = pick_captions(counts, 0, 3, canonical=0.5)
+    assert abs(float((half == 0).float().mean()) - (0.5 + 0.5 / 4)) < 0.02  # share + (1 - share) / K
+    assert set(half.unique().tolist()) == {0, 1, 2, 3}
+    assert (pick_captions(counts, 0, 3, canonical=1.0) == 0).all()
+
+    codes, metas = caption_codes(tmp_path / "codes")
+    cfg, _ = resolve_config(tmp_path / "run", "parti-tiny", ["train.canonical_share=1.0"], 2)
+    cfg, data, _, tok = prepare(cfg, codes, tmp_path / "run", False)
+    idx = torch.arange(24)
+    _, every = data.batch(idx, "cpu", draw=(5, 0))
+    assert torch.equal(every.text_ids, data.text_ids)  # the canonical caption each time: each record's text
+    texts = [m["texts"][0] for m in metas]
+    assert pick_texts(texts, metas, 0, 5, canonical=1.0) == texts  # the streamed path picks alike
+
+
 def test_training_on_several_captions_resumes_bit_identically(tmp_path):
     import shutil
 

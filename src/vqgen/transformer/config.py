@@ -145,6 +145,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     init_from: str = ""             # start from this saved model directory (or run) with the same architecture
+    canonical_share: float = 0.0    # records with several captions: share of steps reading the canonical one
+                                    # (``text``, the first); the rest pick uniformly (0 = uniform throughout)
     init_text: bool = True          # with init_from: False = a fresh text side (new BPE on this data, new text
                                     # encoder weights); only the image decoder comes from init_from (Parti)
     freeze: tuple[str, ...] = ()    # parameter-name glob patterns kept frozen, e.g. "blocks.*.attn.*"
@@ -152,6 +154,7 @@ class TrainConfig:
     def __post_init__(self):
         require(self.steps >= 1, "train.steps", "must be >= 1")
         require(self.init_text or bool(self.init_from), "train.init_text", "false needs train.init_from")
+        require(0 <= self.canonical_share <= 1, "train.canonical_share", "must be in [0, 1]")
         require(all(isinstance(p, str) and p.strip() for p in self.freeze), "train.freeze",
                 "must be non-empty parameter-name patterns")
         require(self.batch_size >= 1, "train.batch_size", "must be >= 1")

@@ -73,6 +73,7 @@ class TrainData:
     val_idx: torch.Tensor
     captions: CaptionBank | None = None
     seed: int = 0
+    canonical: float = 0.0  # train.canonical_share
 
     def train_batch(self, ids: torch.Tensor, device, draw: tuple[int, int]) -> tuple[torch.Tensor, Condition]:
         """The training batch at positions ``ids`` of the training split."""
@@ -83,7 +84,7 @@ class TrainData:
         captions per record, a seeded pick of one caption each (else ``text``)."""
         text_ids = text_mask = None
         if draw is not None and self.captions is not None:
-            text_ids, text_mask = self.captions.pick(idx, self.seed, *draw)  # (B, L) x2
+            text_ids, text_mask = self.captions.pick(idx, self.seed, *draw, canonical=self.canonical)  # (B, L) x2
         elif self.text_ids is not None:
             text_ids, text_mask = self.text_ids[idx], self.text_mask[idx]  # (B, L) x2
         cond = Condition(
@@ -179,7 +180,8 @@ def prepare(cfg: RunConfig, codes_dir: str | Path, run_dir: Path, resuming: bool
         captions = CaptionBank.build(alts, encode, m.text.max_len) if any(len(a) > 1 for a in alts) else None
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, **changes))
     data = TrainData(codes=ds.codes.flatten(1), labels=labels, text_ids=text_ids, text_mask=text_mask,
-                     train_idx=train_idx, val_idx=val_idx, captions=captions, seed=t.seed)
+                     train_idx=train_idx, val_idx=val_idx, captions=captions, seed=t.seed,
+                     canonical=t.canonical_share)
     return cfg, data, ds.info, tok
 
 
@@ -214,6 +216,7 @@ class StreamData:
     encode: Callable | None
     max_len: int
     seed: int
+    canonical: float = 0.0  # train.canonical_share
 
     def loader(self, cfg: RunConfig, env: DistInfo):
         from vqgen.data.stream import StreamLoader
@@ -235,7 +238,7 @@ class StreamData:
                 raise VqgenError(f"{self.source}: class conditioning needs a label on every record")
             class_ids = torch.tensor(labels, dtype=torch.long, device=device)
         elif self.encode is not None:
-            texts = pick_texts(list(texts), metas, self.seed, *draw)  # one caption per row
+            texts = pick_texts(list(texts), metas, self.seed, *draw, canonical=self.canonical)  # one caption per row
             text_ids, text_mask = self.encode(texts, self.max_len)  # (B, L) x2
             text_ids, text_mask = text_ids.to(device), text_mask.to(device)
         return codes.flatten(1).to(device), Condition(class_ids=class_ids, text_ids=text_ids, text_mask=text_mask)
@@ -291,7 +294,7 @@ def prepare_stream(cfg: RunConfig, source: str, run_dir: Path, resuming: bool, t
     val_data = TrainData(codes=val_codes, labels=labels, text_ids=text_ids, text_mask=text_mask,
                          train_idx=torch.zeros(0, dtype=torch.long), val_idx=torch.arange(len(val)), seed=t.seed)
     data = StreamData(str(source), val_data, torch.stack([r.codes for r in front]).flatten(1), every,
-                      want == "class", encode, m.text.max_len if want == "text" else 0, t.seed)
+                      want == "class", encode, m.text.max_len if want == "text" else 0, t.seed, t.canonical_share)
     return cfg, data, {}, tok
 
 
