@@ -142,8 +142,8 @@ def test_streamed_transformer_reads_one_of_several_captions_per_step_and_resumes
     write_code_shards(codes, tmp_path / "tars", shard_size=10)
     read: list[tuple[list, list[str]]] = []
 
-    def recording(texts, rows, seed, step, micro):
-        out = pick_texts(texts, rows, seed, step, micro)
+    def recording(texts, rows, seed, step, micro, **options):
+        out = pick_texts(texts, rows, seed, step, micro, **options)
         read.append((rows, out))
         return out
 
