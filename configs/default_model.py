@@ -18,10 +18,11 @@ Steps (each is skipped when its output already exists, so an interrupted run con
                                each and typo noise (``--captions 4 --typo-rate 0.03``), encoded with
                                step 2's encoder; step 5's image decoder with a **fresh text side**
                                (``train.init_text=false``: a new BPE on these captions) trained
-                               ``--caption-steps`` steps. Off by default (0): it doubles the
-                               paraphrase score at defaults (0.283 vs 0.132) but costs 4.4 suite
-                               points (0.486 vs 0.530; docs/default-model.md), so the bundled
-                               model is built without it;
+                               ``--caption-steps`` steps, reading the canonical caption half the
+                               time (``train.canonical_share=0.5``): at the defaults it keeps the
+                               suite (0.526 vs 0.530) and nearly doubles the paraphrases (0.248
+                               vs 0.132; docs/default-model.md). ``--caption-steps 0`` skips it
+                               (the one-template model bundled until 2026-12-03);
 6. ``vqgen rerank train``      the CLIP-style reranker on its own 5000 scenes (seed 2), 500 steps, with
                                blur/noise augmentation (generated images are blurrier than renders);
 7. assemble                    tokenizer (step 3) + transformer + reranker -> a ``TextToImagePipeline``
@@ -61,7 +62,7 @@ CAPTION_DATA = ["--num", "6000", "--seed", "0", "--captions", "4", "--typo-rate"
 CAPTIONS = ["--preset", "parti-small", "--set", "train.batch_size=64", "--set", "train.warmup_steps=50",
             "--set", "train.lr=5e-4", "--set", "train.cond_dropout=0.1", "--set", "model.dropout=0.0",
             "--set", "model.text.max_len=48", "--set", "train.init_text=false", "--set", "train.val_every=250",
-            "--set", "train.ckpt_every=100", "--set", "train.log_every=50"]
+            "--set", "train.ckpt_every=100", "--set", "train.log_every=50", "--set", "train.canonical_share=0.5"]
 TRANSFORMER = ["--preset", "parti-small",
                "--set", "train.batch_size=64", "--set", "train.warmup_steps=50", "--set", "train.val_every=200",
                "--set", "train.ckpt_every=100", "--set", "train.log_every=20", "--set", "train.cond_dropout=0.1",
@@ -94,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-minutes", type=float, default=15.0, help="wall-clock limit of tokenizer training")
     p.add_argument("--decoder-minutes", type=float, default=36.0, help="wall-clock limit of decoder-only training")
     p.add_argument("--steps", type=int, default=1500, help="transformer training steps")
-    p.add_argument("--caption-steps", type=int, default=0,
-                   help="steps of step 5b, a fresh text side on varied wordings (default 0: skipped; "
-                        "1500 gives the wording-robust variant of docs/default-model.md)")
+    p.add_argument("--caption-steps", type=int, default=1500,
+                   help="steps of step 5b, a fresh text side on varied wordings (default 1500; 0: skip it, "
+                        "the one-template model)")
     p.add_argument("--guidance", type=float, default=GUIDANCE, help="the pipeline's default guidance scale")
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="the pipeline's default temperature")
     p.add_argument("--rerank", type=int, default=RERANK, help="the pipeline's default rerank candidates (1: off)")

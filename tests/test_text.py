@@ -140,16 +140,17 @@ def _cond(b=2, n=8, seed=1):
 
 
 def test_old_configs_build_the_old_model_and_new_fields_are_quiet():
-    import json
-    from importlib.resources import files
-
+    from vqgen.config import from_dict
     from vqgen.transformer.parti import PartiConfig
 
     old = _parti()
     assert not any(k.startswith(("pool_", "text_in_norm", "adapter")) for k in old.state_dict())
     assert old.encode_text(_cond())[2] is None  # no pooled vector
-    saved = json.loads((files("vqgen") / "assets/default_model/transformer/config.json").read_text())
-    assert not set(PartiConfig.quiet_defaults) & set(saved)  # the bundled model predates them: defaults = off
+    from tests.test_transformer import OLD_LAYOUT_PARTI
+
+    assert not set(PartiConfig.quiet_defaults) & set(OLD_LAYOUT_PARTI)  # a config saved before them: defaults = off
+    old_saved = from_dict(TransformerConfig, OLD_LAYOUT_PARTI)
+    assert not (old_saved.text_norm or old_saved.text_pool or old_saved.adapter_depth)
     assert set(PartiConfig.quiet_defaults) <= {f.name for f in __import__("dataclasses").fields(PartiConfig)}
     with pytest.raises(ConfigError, match="adapter_depth"):
         TransformerConfig(family="parti", adapter_depth=1)  # a trained encoder has encoder_depth instead

@@ -306,20 +306,28 @@ def test_overrides_and_presets_follow_the_family():
         apply_overrides(run, ["model.image_first=true"])
 
 
+# The config.json of the bundled model before 2026-12-03 (the one-config layout: every family's fields).
+OLD_LAYOUT_PARTI = {"model_type": "parti", "family": "parti", "dim": 32, "depth": 1, "heads": 4, "mlp_dim": 64,
+                    "dropout": 0.0, "norm": "prenorm", "grid": [8, 8], "codebook_size": 256, "num_classes": 0,
+                    "encoder_depth": 2, "text": {"encoder": "trained", "vocab_size": 112, "max_len": 32,
+                                                 "pretrained_dir": None},
+                    "text_loss_weight": 0.125, "text_attention_bias": 0.0}
+
+
 def test_configs_saved_in_the_one_config_layout_still_load(tmp_path):
-    """The bundled model's config.json (and any saved before the split) carries every family's fields."""
+    """A config.json saved before the split (the bundled model's until 2026-12-03) carries every family's fields."""
     import json
     import warnings
-    from importlib.resources import files
 
     from vqgen.config import from_dict
 
-    bundled = files("vqgen").joinpath("assets", "default_model", "transformer", "config.json")
-    data = json.loads(bundled.read_text())
+    data = dict(OLD_LAYOUT_PARTI)
     assert {"num_classes", "text_attention_bias"} <= set(data)  # written by the old layout
+    saved = build_model(from_dict(TransformerConfig, data)).save_pretrained(tmp_path / "old")
+    (Path(saved) / "config.json").write_text(json.dumps(data))  # exactly the old file
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = load_pretrained(Path(str(bundled)).parent)
+        model = load_pretrained(saved)
     assert type(model.config).__name__ == "PartiConfig" and model.config.grid == (8, 8)
     old_vim = dict(family="vim", dim=32, depth=1, heads=4, mlp_dim=64, dropout=0.0, norm="prenorm", grid=[3, 4],
                    codebook_size=K, num_classes=2, encoder_depth=2, text_loss_weight=0.125, text_attention_bias=0.0,
