@@ -144,20 +144,24 @@ def _shapes_model(args) -> int:
     guidance = parse_guidance(args.guidance) if args.guidance else (sampling.guidance_scale,)
     settings = ReportSettings(guidance=guidance, samples=args.samples, rerank=args.rerank, sampling=sampling,
                               seed=args.seed, batch=args.batch, keep_images=not args.no_images)
+    several = len(suites) > 1
+
+    def folder(root, name):  # several sets: each its own sub-folder
+        return root if root is None or not several else str(Path(root) / Path(name).stem)
+
     summaries = {}
     for name, suite in suites.items():
-        out = Path(args.out) if len(suites) == 1 else Path(args.out) / Path(name).stem
-        data_out = args.data_out if args.data_out is None or len(suites) == 1 else str(Path(args.data_out) / Path(name).stem)
-        if len(suites) > 1:
+        out = folder(args.out, name)
+        if several:
             print(f"== prompts: {name} ({len(suite)})", flush=True)
-        summary = evaluate_pipeline(pipe, suite, out, settings, show_progress=not args.no_progress,
-                                    meta={"model": str(args.model), "command": _command(args, guidance),
-                                          "prompts": name}, data_dir=data_out)
+        summaries[name] = summary = evaluate_pipeline(
+            pipe, suite, out, settings, show_progress=not args.no_progress,
+            meta={"model": str(args.model), "command": _command(args, guidance), "prompts": name},
+            data_dir=folder(args.data_out, name))
         print(markdown_tables(summary), end="")
         print(f"report: {out} ({summary['images_generated']} images in {summary['seconds']} s)")
-        summaries[name] = summary
-    if len(summaries) == 1:
-        print(json.dumps(summary))
+    if not several:
+        print(json.dumps(summaries[names[0]]))
         return 0
     side = side_by_side(summaries)
     Path(args.out, "summary.json").write_text(json.dumps(side, indent=1) + "\n")

@@ -491,7 +491,7 @@ def build_sharded_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, nu
 
     state = resume_from(run_dir, restore, env.is_main)
     if state is None and t.init_from:
-        _load_full(model, model_dir(t.init_from), env, skip=() if t.init_text else text_side(model))
+        _load_full(model, model_dir(t.init_from), env, t.init_text)
     run = Run(cfg, env, model, loss_mod, torch.compile(loss_mod) if t.compile else loss_mod, opt,
               _batches(num_train, cfg, env), accum=_resumed_accum(t, env, state))
     if state is not None:
@@ -499,19 +499,16 @@ def build_sharded_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, nu
     return run
 
 
-def _load_full(model: TokenModel, directory: Path, env: DistInfo, skip: tuple[str, ...] = ()) -> None:
+def _load_full(model: TokenModel, directory: Path, env: DistInfo, init_text: bool = True) -> None:
     """A saved model's weights into a sharded model: rank 0 reads the file, each rank keeps its shard
-    (names starting with a ``skip`` prefix keep their fresh values)."""
-    from safetensors.torch import load_file
+    (with ``init_text`` false the text side keeps its fresh values: :func:`init_from_weights`)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    from vqgen.io import WEIGHTS_NAME
-
-    full = load_file(str(directory / WEIGHTS_NAME)) if env.is_main else {}
-    if skip:
-        full = _without_text(full, model, skip, directory) if env.is_main else {}
+    if not init_text:
+        text_side(model)  # a model without one is refused on every rank, not on rank 0 alone
+    full = init_from_weights(model, directory, init_text) if env.is_main else {}
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
-                                                               strict=not skip))
+                                                               strict=init_text))
 
 
 def text_side(model: TokenModel) -> tuple[str, ...]:
@@ -523,8 +520,17 @@ def text_side(model: TokenModel) -> tuple[str, ...]:
     return prefixes
 
 
-def _without_text(weights: dict, model: TokenModel, skip: tuple[str, ...], directory: Path) -> dict:
-    """``weights`` less the text side, checked against ``model``: every other tensor present, same shape."""
+def init_from_weights(model: TokenModel, directory: Path, init_text: bool = True) -> dict:
+    """``init_from``'s weights for ``model``: all of them, or (``init_text`` false) all but the text
+    side, checked against ``model``: every other tensor present, with its shape."""
+    from safetensors.torch import load_file
+
+    from vqgen.io import WEIGHTS_NAME
+
+    weights = load_file(str(directory / WEIGHTS_NAME))
+    if init_text:
+        return weights
+    skip = text_side(model)
     kept = {k: v for k, v in weights.items() if not k.startswith(skip)}
     own = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(skip)}
     missing = sorted(set(own) - set(kept))
@@ -533,17 +539,6 @@ def _without_text(weights: dict, model: TokenModel, skip: tuple[str, ...], direc
         raise CheckpointError(f"{directory}: its image decoder does not fit this model (missing {missing[:3]}, "
                               f"other shapes {wrong[:3]}, extra {sorted(set(kept) - set(own))[:3]})")
     return kept
-
-
-def init_decoder(model: TokenModel, directory: Path) -> None:
-    """``init_from`` with a fresh text side: the saved model's image decoder into ``model``."""
-    from safetensors.torch import load_file
-
-    from vqgen.io import WEIGHTS_NAME
-
-    skip = text_side(model)
-    model.load_state_dict(_without_text(load_file(str(directory / WEIGHTS_NAME)), model, skip, directory),
-                          strict=False)
 
 
 def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train: int) -> Run:
@@ -568,8 +563,8 @@ def build_run(cfg: RunConfig, env: DistInfo, run_dir: Path, text_tok, num_train:
     if state is None:
         if t.init_from and t.init_text:
             load_weights(model, model_dir(t.init_from))
-        elif t.init_from:
-            init_decoder(model, model_dir(t.init_from))
+        elif t.init_from:  # the image decoder only: the text side keeps its fresh values
+            model.load_state_dict(init_from_weights(model, model_dir(t.init_from), init_text=False), strict=False)
         if ema is not None:
             ema.load_state_dict(model.state_dict())
     frozen = freeze(model, t.freeze) if t.freeze else []
