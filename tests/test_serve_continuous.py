@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -69,17 +70,29 @@ def test_a_loop_without_guidance_and_a_full_loop():
 
 # the server -------------------------------------------------------------------------------------
 class StepGate:
-    """Holds the decode loop before each of its steps until the test lets it run on."""
+    """Holds the decode loop before each of its steps until the test lets it run on (``go``) or
+    lets one step through (:meth:`one_step`)."""
 
     def __init__(self, model):
         self.model, self.step = model, model.decode_step
-        self.go, self.waiting = threading.Event(), threading.Event()
+        self.go, self.waiting, self._one = threading.Event(), threading.Event(), threading.Event()
         model.decode_step = self
 
     def __call__(self, tokens, cache):
         self.waiting.set()
-        assert self.go.wait(10)
+        deadline = time.monotonic() + 10
+        while not self.go.is_set():
+            if self._one.wait(0.005):
+                self._one.clear()
+                break
+            assert time.monotonic() < deadline
         return self.step(tokens, cache)
+
+    def one_step(self):
+        """Let the held step run and wait until the loop is held before its next step."""
+        self.waiting.clear()
+        self._one.set()
+        assert self.waiting.wait(10)
 
     def close(self):
         del self.model.decode_step
@@ -103,9 +116,9 @@ def test_a_request_arriving_mid_decode_joins_the_running_loop(continuous):
             second.join()
             assert [r.status_code for r in results] == [200, 200]
             m = metrics(base)
-            if continuous:  # one loop: the second joined at the next step, while the first had 15 to go
+            if continuous:  # one loop: the second joined (prefilled by the helper) while the first had steps to go
                 assert m["batches_run"] == 1 and m["requests_joined_running"] == 1
-                assert m["max_batch_requests"] == 2 and m["steps_run"] == 17  # 16 + 1 steps
+                assert m["max_batch_requests"] == 2 and 17 <= m["steps_run"] < 32  # overlapped: fewer than 16 + 16
             else:  # the second waited for the first batch to end
                 assert m["batches_run"] == 2 and m["max_batch_requests"] == 1
     finally:
@@ -113,18 +126,21 @@ def test_a_request_arriving_mid_decode_joins_the_running_loop(continuous):
 
 
 def test_a_departed_client_frees_its_slot_and_no_request_is_lost():
-    """Two slots: A and B decode, C waits. B's client gives up: its slot goes to C at the next
-    step, inside the same loop (before A is done); A and C are answered."""
+    """Two slots: A decodes, B joins it, C waits. B's client gives up: its slot goes to C at the
+    next step, inside the same loop (before A is done); A and C are answered."""
     pipe = tiny_pipeline(sampling=SamplingConfig(guidance_scale=3.0))
     gate = StepGate(pipe.transformer)
-    app = create_app(pipe, ServeConfig(max_batch=2, batch_window=1.0))
+    app = create_app(pipe, ServeConfig(max_batch=2, batch_window=1.0))  # the window is for request batching
     try:
         with running_server(app) as base:
             url, results = f"{base}/v1/images/generations", []
             a = post_in_thread(url, {"prompt": "a", "seed": 1}, results)
+            assert gate.waiting.wait(10)  # A's loop started at once and is held before a step
             b_results = []
             b = post_in_thread(url, {"prompt": "b", "seed": 2}, b_results, timeout=0.5)  # gives up
-            assert gate.waiting.wait(10)
+            wait_until(lambda: metrics(base)["queue_depth"] == 1)
+            gate.one_step()  # B joins at the next step and is held there with A
+            assert metrics(base)["queue_depth"] == 0
             c = post_in_thread(url, {"prompt": "c", "seed": 3}, results)
             wait_until(lambda: metrics(base)["queue_depth"] == 1)  # no free slot for C yet
             b.join()
@@ -135,9 +151,74 @@ def test_a_departed_client_frees_its_slot_and_no_request_is_lost():
             c.join()
             assert [r.status_code for r in results] == [200, 200]
             m = metrics(base)
-            assert m["batches_run"] == 1 and m["requests_joined_running"] == 1  # C took B's slot mid-loop
+            assert m["batches_run"] == 1 and m["requests_joined_running"] == 2  # B, then C in B's slot, mid-loop
             assert m["requests_served"] == 2 and m["requests_failed"] == 0 and m["queue_depth"] == 0
     finally:
+        gate.close()
+
+
+def test_a_continuous_loop_starts_at_once_and_finished_images_do_not_hold_it_up():
+    """The first request of a loop does not wait for the batching window (60 s here; later requests
+    join at any step). A finished request's images are made by the finisher thread: while its
+    decode is held, the next request's codes are all drawn, and both are answered."""
+    pipe = tiny_pipeline(sampling=SamplingConfig(guidance_scale=3.0))
+    decode, held, release = pipe.decode, threading.Event(), threading.Event()
+
+    def slow_decode(codes, cond):
+        if not held.is_set():  # the first request's images only
+            held.set()
+            assert release.wait(20)
+        return decode(codes, cond)
+
+    pipe.decode = slow_decode
+    app = create_app(pipe, ServeConfig(max_batch=4, batch_window=60.0))
+    with running_server(app) as base:
+        url, results = f"{base}/v1/images/generations", []
+        a = post_in_thread(url, {"prompt": "a", "seed": 1}, results, timeout=30)
+        assert held.wait(20)  # A's codes are done well inside the window; its decode is held
+        steps = metrics(base)["steps_run"]
+        b = post_in_thread(url, {"prompt": "b", "seed": 2}, results, timeout=30)
+        wait_until(lambda: metrics(base)["steps_run"] >= steps + pipe.transformer.image_seq_len)
+        release.set()
+        a.join()
+        b.join()
+        assert [getattr(r, "status_code", r) for r in results] == [200, 200]
+        assert metrics(base)["requests_served"] == 2
+
+
+def test_a_joining_request_is_prefilled_beside_the_running_loop():
+    """While the loop runs, a joining request is conditioned and prefilled by the helper thread:
+    with its conditioning held, the request already in the loop draws all its codes and is
+    answered; then the held one joins and is answered too."""
+    pipe = tiny_pipeline(sampling=SamplingConfig(guidance_scale=3.0))
+    gate = StepGate(pipe.transformer)
+    condition, held, release = pipe.condition, threading.Event(), threading.Event()
+
+    def slow_condition(prompts, device):
+        if prompts[0] == "b":
+            held.set()
+            assert release.wait(20)
+        return condition(prompts, device)
+
+    pipe.condition = slow_condition
+    app = create_app(pipe, ServeConfig(max_batch=4))
+    try:
+        with running_server(app) as base:
+            url, first, second = f"{base}/v1/images/generations", [], []
+            a = post_in_thread(url, {"prompt": "a", "seed": 1}, first, timeout=30)
+            assert gate.waiting.wait(10)  # A is in the loop, held before a step
+            b = post_in_thread(url, {"prompt": "b", "seed": 2}, second, timeout=30)
+            wait_until(lambda: metrics(base)["queue_depth"] == 1)
+            gate.one_step()
+            assert held.wait(10)  # B is being prefilled beside the loop
+            gate.go.set()
+            a.join()  # A finishes while B's conditioning is still held
+            assert first[0].status_code == 200 and b.is_alive()
+            release.set()
+            b.join()
+            assert second[0].status_code == 200 and metrics(base)["batches_run"] == 1
+    finally:
+        release.set()
         gate.close()
 
 

@@ -10,8 +10,9 @@
 The cache is static: ``slots`` slots of one image row each (with guidance two cache rows per slot,
 the conditional row of slot ``i`` at ``2i`` and its null row at ``2i + 1``), each row at its own
 stream position (``cache.pos`` is (rows, 1), which the model families accept like the usual 0-d
-position). A request joining the loop is prefilled in a cache of its own, and its keys, values and
-condition memory are copied into the first free slots; from the next
+position). A request joining the loop is prefilled in a cache of its own (:meth:`ContinuousLoop.prepare`,
+which a server runs in another thread while the loop steps), and its keys, values and condition
+memory are copied into the first free slots (:meth:`ContinuousLoop.join`); from the next
 :meth:`ContinuousLoop.step` on it is picked and decoded with everyone else. When rows leave, the
 last busy slots move into the freed ones (a copy of their cache rows and state), so the busy slots
 are always the first ones and a step computes exactly the rows in the loop.
@@ -30,11 +31,12 @@ guidance goes per row. ``compile`` and ``cuda_graph`` are not used by the loop.
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 
 from vqgen.errors import VqgenError
-from vqgen.sampling.autoregressive import Generators, make_plan
+from vqgen.sampling.autoregressive import Generators, Plan, make_plan
 from vqgen.sampling.processors import greedy, sample_from
 from vqgen.sampling.settings import SamplingConfig
 from vqgen.transformer.base import Condition, KVCache, TokenModel
@@ -56,6 +58,15 @@ def _map2(big, small, fn) -> None:
     elif isinstance(big, (list, tuple)):
         for b, s in zip(big, small):
             _map2(b, s, fn)
+
+
+class Prepared(NamedTuple):
+    """A request prefilled for a loop (:meth:`ContinuousLoop.prepare`): its plan, its own cache and
+    the logits (K', V) of its first codes."""
+
+    plan: Plan
+    cache: KVCache
+    logits: torch.Tensor
 
 
 class ContinuousLoop:
@@ -110,17 +121,30 @@ class ContinuousLoop:
               guidance: torch.Tensor | None = None) -> list[int]:
         """Prefill a request's rows (arguments as for ``generate``) into free slots; returns an id
         per row, in row order. They are drawn from at the next :meth:`step`."""
+        return self.join(self.prepare(cond, num, generator, guidance))
+
+    @torch.inference_mode()
+    def prepare(self, cond: Condition | None, num: int | None = None, generator: Generators = None,
+                guidance: torch.Tensor | None = None) -> Prepared:
+        """The prefill half of :meth:`admit`: the request's plan, its own cache and first logits.
+        It reads the loop's model and settings but none of its state, so another thread may run it
+        while the loop steps; :meth:`join` then puts the rows into the loop."""
         plan = make_plan(self.model, cond, num, self.config, generator, self.clusters, guidance)
-        if plan.batch > self.free:
-            raise VqgenError(f"{plan.batch} rows do not fit in the {self.free} free slots of the loop")
-        slots = torch.arange(self.busy, self.busy + plan.batch, device=self.device)  # (K,)
         conds = plan.cond if self.per_slot == 1 else Condition.cat(
             [plan.cond, plan.null if plan.null is not None else plan.cond.null()])
         own = self.model.new_cache(plan.batch * self.per_slot, max_len=self.cache.max_len)
-        logits = self.model.prefill(conds, own)  # (K', V)
+        return Prepared(plan, own, self.model.prefill(conds, own))  # logits (K', V)
+
+    @torch.inference_mode()
+    def join(self, prepared: Prepared) -> list[int]:
+        """A prepared request's rows into free slots (a copy of its cache rows); returns an id per row."""
+        plan = prepared.plan
+        if plan.batch > self.free:
+            raise VqgenError(f"{plan.batch} rows do not fit in the {self.free} free slots of the loop")
+        slots = torch.arange(self.busy, self.busy + plan.batch, device=self.device)  # (K,)
         rows = self._rows(slots)  # (K',)
-        self._copy_rows(own, rows)
-        self.logits[rows] = logits
+        self._copy_rows(prepared.cache, rows)
+        self.logits[rows] = prepared.logits
         k, s = plan.prefix.shape[1], plan.steps
         self.u[slots, :s] = plan.u
         self.scale[slots, :s] = 1.0 if plan.scale is None else plan.scale

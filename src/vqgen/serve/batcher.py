@@ -7,17 +7,20 @@ worker thread. Two ways to share the loop:
   transformer): one running decode loop (:class:`~vqgen.sampling.continuous.ContinuousLoop`) with a
   slot per image row, driven step after step by the worker thread. Before every decode step the
   thread admits the waiting jobs that fit in the free slots (in arrival order, same sampling
-  settings but for guidance); a job's rows leave when its images are done, and are then decoded to
-  PNG and handed to the event loop; a job whose client went away frees its slots at the next step.
-  The queue is shared under a lock, so the event loop never waits for a step, nor a step for the
-  event loop. The loop ends when it is empty; a job with other settings waits at the head of the
-  queue until then (no job overtakes it), and one with more rows than slots runs alone as below.
+  settings but for guidance). Helper threads keep per-request work off the loop:
+  it prefills the admitted jobs (their rows join at the first step after) and turns the codes of
+  finished jobs into PNGs for the event loop, while the loop goes on stepping the others. A job
+  whose client went away frees its slots at the next step. The queue is shared under a lock, so
+  the event loop never waits for a step, nor a step for the event loop. The loop ends when it is
+  empty; a job with other settings waits at the head of the queue until then (no job overtakes
+  it), and one with more rows than slots runs alone as below.
 * **request batching** (``continuous=False``, other decoders, pipelines without a transformer):
   the task gathers compatible jobs up to ``max_batch`` images, flattens them into one prompt list
   with one guidance value and one seeded ``torch.Generator`` per image, calls the pipeline once,
   and hands each job its own images; later jobs wait for the whole call to finish.
 
-When the sampler is idle the first job waits up to ``window`` seconds for company either way.
+When the sampler is idle the first job of a request batch waits up to ``window`` seconds for
+company; the first job of a continuous loop starts at once (later ones join at any step).
 """
 from __future__ import annotations
 
@@ -113,6 +116,9 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._helper: ThreadPoolExecutor | None = None  # prefills a loop's joining jobs, makes its finished ones' PNGs
+        self._ready: list[tuple[Job, Any]] = []  # jobs prefilled by the helper (or their error), to join the loop
+        self._prepared = threading.Event()  # set when the helper adds to ``_ready``
         self._running_images = 0
 
     # lifecycle -------------------------------------------------------------------------------
@@ -121,6 +127,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqgen-sampler")
+        self._helper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vqgen-helper")  # a slow prefill does not hold up PNGs
         self._task = asyncio.create_task(self._loop(), name="vqgen-batcher")
 
     async def stop(self) -> None:
@@ -135,8 +142,9 @@ class Batcher:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        for pool in (self._executor, self._helper):
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     @property
     def running(self) -> bool:
@@ -185,7 +193,9 @@ class Batcher:
             while not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            deadline = self._pending[0].enqueued_at + self.window
+            # a continuous loop takes later requests at any step, so its first one does not wait for company
+            wait = 0.0 if self._joins_loop(self._pending[0]) else self.window
+            deadline = self._pending[0].enqueued_at + wait
             while self._pending and self._compatible_images() < self.max_batch and time.monotonic() < deadline:
                 self._wakeup.clear()
                 try:
@@ -265,7 +275,7 @@ class Batcher:
     def _joins_loop(self, job: Job) -> bool:
         """Whether ``job`` runs in a continuous loop (else in a request batch): the ``autoregressive``
         decoder of a token transformer, in a pipeline whose call is the shared one (the loop does the
-        same stages: ``_join``, ``_finish``)."""
+        same stages: ``_prepare``, ``_finish``)."""
         from vqgen.pipelines.base import Pipeline
         from vqgen.transformer.base import TokenModel
 
@@ -328,14 +338,19 @@ class Batcher:
                 self.stats["requests_served"] += 1
 
     def _drive(self, engine, key, loop: asyncio.AbstractEventLoop, number: int) -> None:
-        """Worker thread: step after step, free the slots of jobs that left, prefill the joining
-        ones, run a decode step, and hand the finished jobs' PNGs to the event loop; return when
-        the loop is empty (or the server stops)."""
+        """Worker thread: step after step, free the slots of jobs that left, take in the joining ones
+        (prefilled by the helper thread while the loop steps, or here when the loop has nothing else
+        to do), run a decode step, and give the finished jobs to the helper to make their PNGs;
+        return when the loop is empty (or the server stops)."""
         started = False
+        with self._lock:
+            self._ready = []
         while not self._stopping:
             with self._lock:
                 admit = self._admissions(key)
                 leaving, self._leaving = self._leaving, []
+                ready = [(job, p) for job, p in self._ready if job in self._running]  # not cancelled meanwhile
+                self._ready = []
                 if not self._running and not admit:
                     return
                 self._running += admit
@@ -348,51 +363,82 @@ class Batcher:
             if admit:
                 log.info("loop %d: %d requests join (%d rows)%s", number, len(admit), sum(j.rows for j in admit),
                          " at a running step" if started else "")
-            failed, finished = self._advance(engine, admit, leaving, running)
-            started = True
+            with torch.inference_mode():
+                for job in leaving:
+                    if job.row_ids is not None:
+                        engine.release(job.row_ids)
+                if engine.busy:  # their prefill would hold up the rows in the loop: the helper does it
+                    for job in admit:
+                        self._helper.submit(self._prepare_for, engine, job)
+                else:
+                    ready += [(job, self._prepare(engine, job)) for job in admit]
+                failed, finished = self._advance(engine, ready, running)
+            started = started or bool(ready)
             if failed or finished:
                 with self._lock:
                     for job, _ in failed + finished:
                         if job in self._running:
                             self._running.remove(job)
-                loop.call_soon_threadsafe(self._deliver, failed, finished)
+            if failed:
+                loop.call_soon_threadsafe(self._deliver, failed, [])
+            for job, codes in finished:  # their images are made while the loop goes on
+                self._helper.submit(self._finish_and_deliver, job, codes, loop)
+            if not engine.busy and not self._ready:  # every job in the loop is being prefilled
+                self._prepared.wait(0.05)
+                self._prepared.clear()
 
-    def _advance(self, engine, admit: list[Job], leaving: list[Job], running: list[Job]):
-        """One step of the loop: release, join, decode, and make PNGs of the finished jobs.
-        Returns (failed jobs with their error, finished jobs with their PNGs)."""
+    def _advance(self, engine, ready: list, running: list[Job]):
+        """Join the prepared jobs and run one decode step. Returns (failed jobs with their error,
+        finished jobs with their codes (rows, *grid))."""
         failed, finished = [], []
-        with torch.inference_mode():
-            for job in leaving:
-                if job.row_ids is not None:
-                    engine.release(job.row_ids)
-            for job in admit:
-                try:
-                    self._join(engine, job)
-                except Exception as e:  # this request only (its prompt, its settings)
-                    log.exception("a request could not join the loop")
-                    failed.append((job, e))
-            if not engine.busy:
-                return failed, finished
-            done = dict(engine.step())
-            self.stats["steps_run"] += 1
-            for job in running:
-                if job.row_ids is None or not all(r in done for r in job.row_ids):
-                    continue
-                try:
-                    finished.append((job, self._finish(job, torch.stack([done[r] for r in job.row_ids]))))
-                except Exception as e:
-                    log.exception("the images of a request could not be made")
-                    failed.append((job, e))
+        for job, prepared in ready:
+            try:
+                if isinstance(prepared, Exception):
+                    raise prepared
+                job.row_ids = engine.join(prepared)
+            except Exception as e:  # this request only (its prompt, its settings)
+                log.error("a request could not join the loop: %s", e)
+                failed.append((job, e))
+        if not engine.busy:
+            return failed, finished
+        done = dict(engine.step())
+        self.stats["steps_run"] += 1
+        for job in running:
+            if job.row_ids is not None and all(r in done for r in job.row_ids):
+                finished.append((job, torch.stack([done[r] for r in job.row_ids])))  # (rows, *grid)
         return failed, finished
 
-    def _join(self, engine, job: Job) -> None:
-        """Prefill ``job``'s rows into the loop, as the pipeline would condition and seed them."""
-        job.label = self.pipe.validate_prompt(job.prompt)
-        job.cond = self.pipe.condition([job.label] * job.rows, self.device)
-        job.generators = image_generators(job.seed, job.n, self.device)
-        k = job.settings.rerank
-        job.row_ids = engine.admit(job.cond, generator=[g for g in job.generators for _ in range(k)],
-                                 guidance=job.settings.row_guidance(None, job.rows, 1))
+    def _prepare(self, engine, job: Job):
+        """``job``'s prompt conditioned and its rows prefilled (``ContinuousLoop.prepare``), as the
+        pipeline would condition and seed them; or the error that this request fails with."""
+        try:
+            job.label = self.pipe.validate_prompt(job.prompt)
+            job.cond = self.pipe.condition([job.label] * job.rows, self.device)
+            job.generators = image_generators(job.seed, job.n, self.device)
+            k = job.settings.rerank
+            return engine.prepare(job.cond, generator=[g for g in job.generators for _ in range(k)],
+                                  guidance=job.settings.row_guidance(None, job.rows, 1))
+        except Exception as e:
+            return e
+
+    def _prepare_for(self, engine, job: Job) -> None:
+        """Helper thread: :meth:`_prepare`, handed to the loop at its next step."""
+        with torch.inference_mode():
+            prepared = self._prepare(engine, job)
+        with self._lock:
+            self._ready.append((job, prepared))
+        self._prepared.set()
+
+    def _finish_and_deliver(self, job: Job, codes: torch.Tensor, loop: asyncio.AbstractEventLoop) -> None:
+        """Helper thread: a finished job's PNGs (or its error), handed to the event loop. Runs beside
+        the decode loop, so a job's tokenizer decode, reranking and PNG encoding never hold up a step."""
+        try:
+            with torch.inference_mode():
+                result = [], [(job, self._finish(job, codes))]
+        except Exception as e:
+            log.exception("the images of a request could not be made")
+            result = [(job, e)], []
+        loop.call_soon_threadsafe(self._deliver, *result)
 
     def _finish(self, job: Job, codes: torch.Tensor) -> list[bytes]:
         """Codes (rows, *grid) → the job's PNGs: the pipeline's tokenizer, reranker and upsampler."""

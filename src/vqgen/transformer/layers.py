@@ -52,7 +52,14 @@ class SelfAttention(nn.Module):
                 at = idx[:, None, :, None].expand(-1, self.heads, -1, k.shape[-1])  # (B, H, T, Dh)
                 k_buf.scatter_(2, at, k.to(k_buf.dtype))
                 v_buf.scatter_(2, at, v.to(v_buf.dtype))
-            k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, H, T_max, Dh)
+            end = k_buf.shape[2]
+            if not k_buf.is_cuda and not torch.compiler.is_compiling():
+                # Keys after the furthest query are masked out anyway. On CPU, reading the whole
+                # static cache is most of a decode step's attention time (bench/sampling.py), so
+                # attend over its written part; on GPU (CUDA graphs) and compiled, shapes stay static.
+                end = int(idx.max()) + 1
+                mask = None if mask is None else mask[..., :end]
+            k, v = k_buf[:, :, :end].to(q.dtype), v_buf[:, :, :end].to(q.dtype)  # (B, H, T', Dh)
             causal = False
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
