@@ -29,8 +29,9 @@ def stream_mask(q_pos: torch.Tensor, k_len: int, text_len: int = 0, text_bias: f
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention (SDPA). With ``kv=(k_buf, v_buf)`` the new keys/values are written
-    into the cache buffers (B, H, T_max, Dh) at ``pos`` and attention runs over the whole buffer;
-    ``pos`` is 0-d (every row at the same position) or (B, 1) (each row at its own)."""
+    into the cache buffers (B, H, T_max, Dh) at ``pos`` and attention runs over the buffer (on CPU
+    eager, over its written part only); ``pos`` is 0-d (every row at the same position) or (B, 1)
+    (each row at its own)."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
