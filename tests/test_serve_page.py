@@ -30,16 +30,16 @@ from vqgen.serve.app import ServeConfig, create_app  # noqa: E402
 
 
 def record_guidance(monkeypatch) -> list[float]:
-    """The per-image guidance scales requests join the sampling loop with (continuous batching)."""
+    """The per-image guidance scales requests are prefilled for the sampling loop with (continuous batching)."""
     from vqgen.sampling.continuous import ContinuousLoop
 
-    seen, admit = [], ContinuousLoop.admit
+    seen, prepare = [], ContinuousLoop.prepare
 
     def recording(self, cond, num=None, generator=None, guidance=None):
         seen.extend(guidance.tolist())
-        return admit(self, cond, num, generator, guidance)
+        return prepare(self, cond, num, generator, guidance)
 
-    monkeypatch.setattr(ContinuousLoop, "admit", recording)
+    monkeypatch.setattr(ContinuousLoop, "prepare", recording)
     return seen
 
 
