@@ -339,10 +339,9 @@ class Batcher:
 
     def _drive(self, engine, key, loop: asyncio.AbstractEventLoop, number: int) -> None:
         """Worker thread: step after step, free the slots of jobs that left, take in the joining ones
-        (prefilled by the helper thread while the loop steps, or here when the loop has nothing else
-        to do), run a decode step, and give the finished jobs to the helper to make their PNGs;
+        (prefilled by a helper thread while the loop steps, or here when the loop has nothing else
+        to do), run a decode step, and give the finished jobs to a helper to make their PNGs;
         return when the loop is empty (or the server stops)."""
-        started = False
         with self._lock:
             self._ready = []
         while not self._stopping:
@@ -359,10 +358,10 @@ class Batcher:
                 self._running_images = rows
                 self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], len(running))
                 self.stats["max_batch_images"] = max(self.stats["max_batch_images"], rows)
-                self.stats["requests_joined_running"] += len(admit) if started else 0
+                self.stats["requests_joined_running"] += len(admit) if engine.busy else 0
             if admit:
                 log.info("loop %d: %d requests join (%d rows)%s", number, len(admit), sum(j.rows for j in admit),
-                         " at a running step" if started else "")
+                         " at a running step" if engine.busy else "")
             with torch.inference_mode():
                 for job in leaving:
                     if job.row_ids is not None:
@@ -373,7 +372,6 @@ class Batcher:
                 else:
                     ready += [(job, self._prepare(engine, job)) for job in admit]
                 failed, finished = self._advance(engine, ready, running)
-            started = started or bool(ready)
             if failed or finished:
                 with self._lock:
                     for job, _ in failed + finished:
@@ -392,13 +390,10 @@ class Batcher:
         finished jobs with their codes (rows, *grid))."""
         failed, finished = [], []
         for job, prepared in ready:
-            try:
-                if isinstance(prepared, Exception):
-                    raise prepared
+            if isinstance(prepared, Exception):  # this request only (its prompt, its settings)
+                failed.append((job, prepared))
+            else:
                 job.row_ids = engine.join(prepared)
-            except Exception as e:  # this request only (its prompt, its settings)
-                log.error("a request could not join the loop: %s", e)
-                failed.append((job, e))
         if not engine.busy:
             return failed, finished
         done = dict(engine.step())
@@ -419,6 +414,7 @@ class Batcher:
             return engine.prepare(job.cond, generator=[g for g in job.generators for _ in range(k)],
                                   guidance=job.settings.row_guidance(None, job.rows, 1))
         except Exception as e:
+            log.exception("a request could not join the loop")
             return e
 
     def _prepare_for(self, engine, job: Job) -> None:
