@@ -47,7 +47,8 @@ OPENAI_UNSUPPORTED = ("quality", "style", "background", "moderation", "output_co
 class ServeConfig:
     """Server limits. ``max_batch``: images per sampling loop; ``max_queue``: waiting requests;
     ``max_n``: images per request; ``timeout``: seconds a request may wait and run;
-    ``batch_window``: seconds an idle server waits to batch the first request with others;
+    ``batch_window``: seconds an idle server waits to batch the first request with others (request
+    batching; a continuous loop starts at once);
     ``continuous``: requests join the running decode loop at its next step (else they wait for
     the running batch to end);
     ``url_ttl``/``max_stored_images``: lifetime and count of images kept for ``url`` responses;

@@ -44,8 +44,8 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="a request that has not finished by then is answered 504 (default 300)")
     p.add_argument("--batch-window-ms", type=float, default=10.0, metavar="MS",
-                   help="how long an idle server waits for more requests to batch with the first "
-                        "(default 10)")
+                   help="request batching: how long an idle server waits for more requests to batch "
+                        "with the first (default 10); a continuous loop starts at once")
     p.add_argument("--url-ttl", type=positive_float, default=3600.0, metavar="SECONDS",
                    help="how long images answered as URLs stay downloadable (default 3600)")
     p.add_argument("--read-timeout", type=positive_float, default=ServerLimits.read_timeout, metavar="SECONDS",
