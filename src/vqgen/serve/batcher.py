@@ -392,8 +392,12 @@ class Batcher:
         for job, prepared in ready:
             if isinstance(prepared, Exception):  # this request only (its prompt, its settings)
                 failed.append((job, prepared))
-            else:
+                continue
+            try:
                 job.row_ids = engine.join(prepared)
+            except Exception as e:  # this request only
+                log.exception("a request could not join the loop")
+                failed.append((job, e))
         if not engine.busy:
             return failed, finished
         done = dict(engine.step())
