@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import socket
@@ -233,6 +234,17 @@ def test_body_over_the_limit_answers_413():
         r = c.post("/v1/images/generations", content=chunks, headers={"Content-Type": "application/json"})
         assert r.status_code == 413
         assert c.post("/v1/images/generations", json={"prompt": "a"}).status_code == 200
+
+
+def test_objects_alive_at_start_are_frozen_out_of_the_collector_while_serving():
+    """A full collection would otherwise walk the pipeline and every library object: a 90-150 ms
+    pause of all threads about once a minute under load (docs/serve.md). The server freezes what is
+    alive at start-up, and gives it back to the collector when it stops."""
+    gc.unfreeze()
+    with TestClient(create_app(FakePipeline())) as c:
+        assert gc.get_freeze_count() > 1000
+        assert c.post("/v1/images/generations", json={"prompt": "a"}).status_code == 200
+    assert gc.get_freeze_count() == 0
 
 
 def test_not_running_answers_503():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hmac
 import logging
 import secrets
@@ -259,10 +260,17 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await state.batcher.start()
+        # The pipeline, torch and the libraries are hundreds of thousands of objects that live as long
+        # as the server. Left in the collector's oldest generation, each full collection walks them
+        # all: a 90-150 ms pause of every thread, about once a minute under load (docs/serve.md).
+        # Frozen, they are skipped, and a full collection walks only what requests created.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             await state.batcher.stop()
+            gc.unfreeze()
 
     app = FastAPI(title="vqgen", version=__version__, lifespan=lifespan,
                   description="Text-to-image generation in the OpenAI images API shape, batched "
