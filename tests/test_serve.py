@@ -294,9 +294,11 @@ def test_generators_are_independent_per_image():
 
 
 # batching, queue limit, timeout, cancellation (real sockets, concurrent clients) ----------------
-def test_two_concurrent_requests_share_one_sampling_loop(tiny_pipe):
-    # the first request waits up to 5 s for company; the second fills the batch, so it runs at once
-    app = create_app(tiny_pipe, ServeConfig(max_batch=3, batch_window=5.0))
+def test_two_concurrent_requests_share_one_request_batch(tiny_pipe):
+    # Request batching: the first request waits up to 5 s for company; the second fills the batch,
+    # so it runs at once. (A continuous loop starts at once, so whether a second request shares it
+    # depends on timing; test_serve_continuous.py holds the loop's steps to test that.)
+    app = create_app(tiny_pipe, ServeConfig(max_batch=3, batch_window=5.0, continuous=False))
     with running_server(app) as base:
         url = f"{base}/v1/images/generations"
         results = []
